@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Entrypoint of the Airflow and worker images.
+# - In the Airflow services (AIRFLOW_K3S_KUBECONFIG_SRC set): wait for the kubeconfig that k3s writes
+#   and rewrite it for this container (server https://k3s:6443, TLS verification kept).
+# - With AIRFLOW_K3S_ADMIN_PASSWORD set: write the simple auth manager's passwords file.
+# - Then run the command: `python ...`, `bash ...` etc. as given (worker pods get
+#   `python -m airflow.sdk.execution_time.execute_workload ...`), anything else as `airflow <args>`.
+set -euo pipefail
+
+k3s_py=/opt/airflow-k3s/airflow_k3s.py
+if [[ -n "${AIRFLOW_K3S_KUBECONFIG_SRC:-}" ]]; then
+  python "$k3s_py" kubeconfig \
+    --src "${AIRFLOW_K3S_KUBECONFIG_SRC}" \
+    --dst "${AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE:-/opt/airflow/kube/config}" \
+    --server "${AIRFLOW_K3S_KUBECONFIG_SERVER:-https://k3s:6443}" \
+    --timeout "${AIRFLOW_K3S_KUBECONFIG_TIMEOUT:-180}"
+fi
+if [[ -n "${AIRFLOW_K3S_ADMIN_PASSWORD:-}" ]]; then
+  python "$k3s_py" passwords-file \
+    --path "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-/opt/airflow/auth/passwords.json}"
+fi
+
+case "${1:-}" in
+  python | python3 | bash | sh | airflow | kubectl | pip) exec "$@" ;;
+  *) exec airflow "$@" ;;
+esac

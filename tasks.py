@@ -1,0 +1,797 @@
+"""Task library of airflow-k3s (`invoke --list`). Docker is driven through python-on-whales.
+
+Configuration lives in one place, `Settings`: the environment, then the git-ignored .env (ports,
+IMAGES=upstream|local, generated secrets). Logic is in pure functions, tested without Docker.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import httpx
+import yaml
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
+from python_on_whales import DockerClient
+from python_on_whales.exceptions import DockerException
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "airflow"))
+import airflow_k3s as ak  # noqa: E402  (shared with the Airflow containers)
+
+DEMO_DAG = "demo_rest_to_s3"
+MIN_COMPOSE = (2, 24, 0)
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+LOCAL_DEBIAN_IMAGE = "airflow-k3s/debian:bookworm-local"
+LOCAL_PYTHON_IMAGE = "airflow-k3s/python:3.11-local"
+STANDIN_LABEL = "airflow-k3s.standin=pod"
+#: Published ports: variable, default, service. Every one binds to 127.0.0.1.
+PORTS = {
+    "AIRFLOW_PORT": (8080, "airflow-apiserver"),
+    "REGISTRY_PORT": (5001, "registry"),
+    "S3_PORT": (8333, "s3"),
+    "MOCKSERVER_PORT": (1080, "mockserver"),
+    "K3S_API_PORT": (6443, "k3s"),
+}
+
+
+def say(message: str) -> None:
+    """Progress line on stderr (stdout stays for results)."""
+    print(f"==> {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, read once from the environment and the generated .env."""
+
+    images: str = "upstream"
+    project: str = "airflow-k3s"
+    ports: Mapping[str, int] = field(default_factory=lambda: {k: v[0] for k, v in PORTS.items()})
+    extra_ca_bundle: str = ""
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    root: Path = ROOT
+    #: Where .env and .generated/ live: the checkout, or AIRFLOW_K3S_STATE_DIR (tests use a temp dir).
+    state_dir: Path = ROOT
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, root: Path = ROOT) -> Settings:
+        """Settings from ``environ`` (default os.environ) over the values in the state dir's .env."""
+        environ = os.environ if environ is None else environ
+        state_dir = Path(environ.get("AIRFLOW_K3S_STATE_DIR") or root)
+        env_file = state_dir / ".env"
+        dotenv = ak.parse_env_file(env_file.read_text()) if env_file.exists() else {}
+        merged = {**dotenv, **environ}
+        images = merged.get("IMAGES", "upstream")
+        if images not in ("upstream", "local"):
+            raise Exit(f"IMAGES must be 'upstream' or 'local', not {images!r}", code=2)
+        ports: dict[str, int] = {}
+        for name, (default, _service) in PORTS.items():
+            raw = merged.get(name, str(default))
+            if not raw.isdigit() or not 0 < int(raw) < 65536:
+                raise Exit(f"{name} must be a port number, not {raw!r}", code=2)
+            ports[name] = int(raw)
+        return cls(
+            images=images,
+            project=merged.get("COMPOSE_PROJECT_NAME", "airflow-k3s"),
+            ports=ports,
+            extra_ca_bundle=merged.get("EXTRA_CA_BUNDLE", ""),
+            secrets={k: dotenv[k] for k in ak.SECRET_KEYS if k in dotenv},
+            root=root,
+            state_dir=state_dir,
+        )
+
+    @property
+    def k3s(self) -> bool:
+        """Whether the stack has a real k3s (upstream images) or the local stand-in."""
+        return self.images == "upstream"
+
+    @property
+    def compose_files(self) -> list[Path]:
+        files = [self.root / "docker-compose.yml"]
+        if self.images == "local":
+            files.append(self.root / "tests" / "images" / "compose.local.yml")
+        return files
+
+    @property
+    def env_file(self) -> Path:
+        return self.state_dir / ".env"
+
+    @property
+    def generated(self) -> Path:
+        return self.state_dir / ".generated"
+
+    @property
+    def compose_env(self) -> dict[str, str]:
+        """Variables the compose file interpolates that tasks decide (image source, state dir)."""
+        env = {"AIRFLOW_K3S_GENERATED": str(self.generated)}
+        if self.images == "local":
+            env["PYTHON_BASE_IMAGE"] = LOCAL_PYTHON_IMAGE
+        return env
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['AIRFLOW_PORT']}"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['S3_PORT']}"
+
+    @property
+    def worker_image(self) -> str:
+        """The worker image as the host pushes it (inside the stack: registry:5000/airflow-worker)."""
+        return f"127.0.0.1:{self.ports['REGISTRY_PORT']}/airflow-worker:latest"
+
+    @property
+    def airflow_image(self) -> str:
+        return "airflow-k3s/airflow:3.3.2"
+
+
+def settings() -> Settings:
+    """The settings of this invocation (re-read each time: tasks may have written .env)."""
+    return Settings.load()
+
+
+# --------------------------------------------------------------------------- docker boundary
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def docker_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn python-on-whales' DockerException into one clear line and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except DockerException as exc:
+            detail = (exc.stderr or exc.stdout or str(exc)).strip().splitlines()
+            last = detail[-1] if detail else str(exc)
+            raise Exit(f"docker failed: {' '.join(exc.docker_command[:4])} ...: {last}", code=1)
+        except httpx.HTTPError as exc:
+            raise Exit(f"the Airflow API did not answer as expected: {exc}", code=1)
+
+    return wrapper
+
+
+def compose(cfg: Settings) -> DockerClient:
+    """The one place the compose client is configured."""
+    os.environ.update(cfg.compose_env)
+    return DockerClient(
+        compose_files=list(cfg.compose_files),
+        compose_project_name=cfg.project,
+        compose_project_directory=cfg.root,
+        compose_env_files=[cfg.env_file] if cfg.env_file.exists() else [],
+    )
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """'v2.40.3-desktop.1' -> (2, 40, 3)."""
+    core = text.strip().lstrip("v").split("-")[0].split("+")[0]
+    return tuple(int(p) for p in core.split(".")[:3] if p.isdigit())
+
+
+def check_docker() -> None:
+    """Fail with one clear line when Docker or compose is missing or too old."""
+    if shutil.which("docker") is None:
+        raise Exit("Docker is not installed: install Docker (or on Debian run "
+                   "tests/images/ensure-docker.sh)", code=3)
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
+                          capture_output=True, text=True, check=False)
+    if info.returncode != 0:
+        raise Exit("the Docker engine is not running or not reachable: start it "
+                   "(on Debian: tests/images/ensure-docker.sh)", code=3)
+    ver = subprocess.run(["docker", "compose", "version", "--short"],
+                         capture_output=True, text=True, check=False)
+    if ver.returncode != 0:
+        raise Exit("docker compose v2 is missing: install the compose plugin "
+                   "(tests/images/ensure-docker.sh does it on Debian)", code=3)
+    if parse_version(ver.stdout) < MIN_COMPOSE:
+        want = ".".join(map(str, MIN_COMPOSE))
+        raise Exit(f"docker compose {ver.stdout.strip()} is too old: {want} or newer needed", code=3)
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def port_conflicts(cfg: Settings, running: set[str], taken: Callable[[int], bool]) -> list[str]:
+    """One message per published port that another program holds (our running services excluded)."""
+    problems = []
+    for name, (_default, service) in PORTS.items():
+        if service == "k3s" and not cfg.k3s:
+            continue
+        port = cfg.ports[name]
+        if service not in running and taken(port):
+            problems.append(f"port {port} ({service}) is already in use: free it or set {name}="
+                            f"<free port> in the environment or .env")
+    return problems
+
+
+# --------------------------------------------------------------------------- generated files
+
+
+def ensure_secrets(cfg: Settings) -> Settings:
+    """Generate missing secrets into .env (mode 600), render the worker Secret; return new settings."""
+    env_file = cfg.env_file
+    current = ak.parse_env_file(env_file.read_text()) if env_file.exists() else {}
+    updated = ak.generate_secrets(current)
+    if updated != current or not env_file.exists():
+        say(f"generating secrets into {env_file} (git-ignored, mode 600)")
+        ak.write_private(env_file, ak.render_env_file(updated))
+    os.chmod(env_file, 0o600)
+    config = ak.parse_env_file((cfg.root / "airflow" / "airflow.env").read_text())
+    secret = ak.render_worker_secret(ak.worker_env(config, updated))
+    ak.write_private(cfg.generated / "k3s" / f"{ak.WORKER_SECRET_NAME}.yaml", secret)
+    return Settings.load(root=cfg.root)
+
+
+def sync_extra_ca(cfg: Settings) -> None:
+    """Copy $EXTRA_CA_BUNDLE into the build contexts that pip runs in (only when it changed)."""
+    targets = [cfg.root / "airflow" / "extra-ca", cfg.root / "tests" / "images" / "extra-ca"]
+    source = Path(cfg.extra_ca_bundle) if cfg.extra_ca_bundle else None
+    if source is not None and not source.is_file():
+        raise Exit(f"EXTRA_CA_BUNDLE={source} is not a file", code=2)
+    for folder in targets:
+        dest = folder / "ca-bundle.crt"
+        if source is None:
+            dest.unlink(missing_ok=True)
+        elif not dest.exists() or dest.read_bytes() != source.read_bytes():
+            shutil.copyfile(source, dest)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def build_specs(config: Mapping[str, Any], active: set[str]) -> dict[str, dict[str, Any]]:
+    """Unique images to build (tag -> build spec) from a resolved compose config."""
+    specs: dict[str, dict[str, Any]] = {}
+    for name, service in config.get("services", {}).items():
+        if name in active and service.get("build") and service.get("image"):
+            specs.setdefault(service["image"], service["build"])
+    return specs
+
+
+def has_buildx() -> bool:
+    return subprocess.run(["docker", "buildx", "version"], capture_output=True,
+                          check=False).returncode == 0
+
+
+def build_image(docker: DockerClient, context: Path, tag: str, dockerfile: Path | None = None,
+                args: Mapping[str, str] | None = None) -> None:
+    """Build one image with BuildKit where buildx exists, else the classic builder."""
+    started = time.monotonic()
+    say(f"building {tag}")
+    kwargs: dict[str, Any] = {"tags": [tag], "build_args": dict(args or {})}
+    if dockerfile is not None:
+        kwargs["file"] = dockerfile
+    if has_buildx():
+        docker.build(context, load=True, **kwargs)
+    else:
+        docker.legacy_build(context, **kwargs)
+    say(f"built {tag} in {time.monotonic() - started:.1f} s")
+
+
+def ensure_local_bases(docker: DockerClient, cfg: Settings) -> None:
+    """IMAGES=local: a Debian base made with debootstrap and a python3 base, built once, cached."""
+    if not docker.image.exists(LOCAL_DEBIAN_IMAGE):
+        if shutil.which("debootstrap") is None:
+            raise Exit("IMAGES=local needs debootstrap to make the Debian base image: "
+                       "apt-get install debootstrap", code=3)
+        say(f"making {LOCAL_DEBIAN_IMAGE} with debootstrap (once, about a minute)")
+        with tempfile.TemporaryDirectory(prefix="airflow-k3s-rootfs-") as rootfs:
+            subprocess.run(["debootstrap", "--variant=minbase", "bookworm", rootfs, DEBIAN_MIRROR],
+                           check=True, stdout=subprocess.DEVNULL)
+            tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+            subprocess.run(["docker", "import", "-", LOCAL_DEBIAN_IMAGE], stdin=tar.stdout,
+                           check=True, stdout=subprocess.DEVNULL)
+            if tar.wait() != 0:
+                raise Exit("tar of the debootstrap tree failed", code=1)
+    if not docker.image.exists(LOCAL_PYTHON_IMAGE):
+        images = cfg.root / "tests" / "images"
+        build_image(docker, images, LOCAL_PYTHON_IMAGE, images / "python.Dockerfile",
+                    {"DEBIAN_IMAGE": LOCAL_DEBIAN_IMAGE})
+
+
+def build_all(cfg: Settings, worker_only: bool = False) -> None:
+    """Build the service images the compose file builds (once each), then the worker image."""
+    docker = compose(cfg)
+    sync_extra_ca(cfg)
+    if not worker_only:
+        if cfg.images == "local":
+            ensure_local_bases(docker, cfg)
+        config = docker.compose.config(return_json=True)
+        active = set(config.get("services", {}))
+        for tag, spec in build_specs(config, active).items():
+            context = Path(spec["context"])
+            dockerfile = context / spec.get("dockerfile", "Dockerfile")
+            build_image(docker, context, tag, dockerfile, spec.get("args") or {})
+    build_image(docker, cfg.root, cfg.worker_image, cfg.root / "worker" / "Dockerfile",
+                {"AIRFLOW_IMAGE": cfg.airflow_image})
+
+
+def push_worker(cfg: Settings) -> str:
+    """Push the worker image to the stack's registry; return its repo digest."""
+    docker = compose(cfg)
+    say(f"pushing {cfg.worker_image}")
+    started = time.monotonic()
+    docker.image.push(cfg.worker_image, quiet=True)
+    digests = docker.image.inspect(cfg.worker_image).repo_digests
+    repo = cfg.worker_image.rsplit(":", 1)[0]
+    digest = next((d.split("@", 1)[1] for d in digests if d.startswith(repo + "@")), "")
+    say(f"pushed {cfg.worker_image} ({digest}) in {time.monotonic() - started:.1f} s")
+    return digest
+
+
+# --------------------------------------------------------------------------- stack health
+
+
+def service_states(docker: DockerClient) -> dict[str, str]:
+    """service -> 'healthy' | 'starting' | 'unhealthy' | 'running' | 'exited(N)' | ..."""
+    states: dict[str, str] = {}
+    for container in docker.compose.ps(all=True):
+        service = container.config.labels.get("com.docker.compose.service", container.name)
+        state = container.state
+        if state.status == "exited":
+            states[service] = f"exited({state.exit_code})"
+        elif state.health is not None and state.health.status:
+            states[service] = state.health.status
+        else:
+            states[service] = str(state.status)
+    return states
+
+
+def not_ready(states: Mapping[str, str], expected: set[str]) -> dict[str, str]:
+    """Services that are not yet ready: one-shots must have exited 0, the rest be healthy/running."""
+    pending = {}
+    for service in sorted(expected):
+        state = states.get(service, "missing")
+        ok = state == "exited(0)" if service == "airflow-init" else state in ("healthy", "running")
+        if not ok:
+            pending[service] = state
+    return pending
+
+
+def wait_healthy(cfg: Settings, timeout: float) -> None:
+    """Wait until every service is healthy, printing changes; diagnose and exit on failure."""
+    docker = compose(cfg)
+    expected = set(docker.compose.config(return_json=True).get("services", {}))
+    deadline = time.monotonic() + timeout
+    last: dict[str, str] = {}
+    while True:
+        pending = not_ready(service_states(docker), expected)
+        if pending != last:
+            say("waiting for: " + ", ".join(f"{s} ({st})" for s, st in pending.items())
+                if pending else "all services are healthy")
+            last = pending
+        failed = {s: st for s, st in pending.items()
+                  if st == "unhealthy" or (st.startswith("exited") and st != "exited(0)")}
+        if not pending:
+            return
+        if failed or time.monotonic() > deadline:
+            dump_service_diagnostics(cfg, list(failed or pending))
+            what = ", ".join(f"{s} is {st}" for s, st in (failed or pending).items())
+            raise Exit(f"the stack did not become healthy: {what} (logs above; `invoke logs "
+                       f"<service>` for more)", code=1)
+        time.sleep(2)
+
+
+def dump_service_diagnostics(cfg: Settings, services: list[str], tail: int = 40) -> None:
+    """Print the state and the last log lines of the given services."""
+    docker = compose(cfg)
+    for service in services:
+        print(f"----- {service}: last {tail} log lines", file=sys.stderr)
+        try:
+            print(docker.compose.logs(service, tail=str(tail)), file=sys.stderr)
+        except DockerException as exc:
+            print(f"(no logs: {exc})", file=sys.stderr)
+
+
+def running_services(docker: DockerClient) -> set[str]:
+    return {s for s, st in service_states(docker).items() if not st.startswith("exited")}
+
+
+def require_running(cfg: Settings, service: str = "airflow-apiserver") -> None:
+    """Fail with one clear line when the stack (or one service of it) is not running."""
+    if service not in running_services(compose(cfg)):
+        raise Exit(f"the stack is not running ({service} is not up): start it with `make up`",
+                   code=4)
+
+
+# --------------------------------------------------------------------------- Airflow REST API
+
+
+def parse_conf(conf: str) -> dict[str, Any]:
+    """The --conf of a DAG run: a JSON object, or a clear Exit."""
+    if not conf:
+        return {}
+    try:
+        value = json.loads(conf)
+    except json.JSONDecodeError as exc:
+        raise Exit(f"--conf is not valid JSON ({exc.msg} at character {exc.pos}): {conf}",
+                   code=2) from None
+    if not isinstance(value, dict):
+        raise Exit(f"--conf must be a JSON object like '{{\"key\": 1}}', not {conf}", code=2)
+    return value
+
+
+class AirflowAPI:
+    """A small client of Airflow's REST API v2 (simple auth manager login)."""
+
+    def __init__(self, base_url: str, password: str, user: str = ak.ADMIN_USER) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+        response = self.http.post("/auth/token", json={"username": user, "password": password})
+        if response.status_code in (401, 403):
+            raise Exit(f"login as {user!r} was refused by {base_url}: the password in .env "
+                       f"(AIRFLOW_ADMIN_PASSWORD) does not match the running stack", code=5)
+        response.raise_for_status()
+        self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = self.http.get(path, params=params)
+        response.raise_for_status()
+        return response.json()
+
+    def dag_ids(self) -> list[str]:
+        return sorted(d["dag_id"] for d in self.get("/api/v2/dags", limit=1000)["dags"])
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        return list(self.get("/api/v2/importErrors", limit=100)["import_errors"])
+
+    def find_dag(self, dag_id: str, timeout: float) -> None:
+        """Wait for ``dag_id`` to be parsed; fail clearly with import errors or the known DAGs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.http.get(f"/api/v2/dags/{dag_id}")
+            if response.status_code == 200:
+                return
+            errors = self.import_errors()
+            known = self.dag_ids()
+            if errors or known or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        lines = [f"{e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}" for e in errors]
+        message = f"unknown DAG id {dag_id!r}; known DAGs: {', '.join(known) or 'none yet'}"
+        if lines:
+            message += "; DAG files that fail to import: " + "; ".join(lines)
+        raise Exit(message, code=6)
+
+    def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
+        self.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        response = self.http.post(f"/api/v2/dags/{dag_id}/dagRuns",
+                                  json={"logical_date": None, "conf": dict(conf)})
+        response.raise_for_status()
+        return str(response.json()["dag_run_id"])
+
+    def run_state(self, dag_id: str, run_id: str) -> tuple[str, dict[str, dict[str, Any]]]:
+        run = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+        tis = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return str(run["state"]), {ti["task_id"]: ti for ti in tis}
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        response = self.http.get(
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            params={"full_content": True}, headers={"Accept": "text/plain"})
+        response.raise_for_status()
+        return response.text
+
+
+def state_changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
+    """Lines 'task: old -> new' for every task whose state changed."""
+    return [f"{task_id}: {before.get(task_id) or 'none'} -> {state or 'none'}"
+            for task_id, state in sorted(after.items()) if before.get(task_id, "") != state]
+
+
+def api(cfg: Settings) -> AirflowAPI:
+    require_running(cfg)
+    return AirflowAPI(cfg.airflow_url, cfg.secrets.get("AIRFLOW_ADMIN_PASSWORD", ""))
+
+
+def follow_run(cfg: Settings, client: AirflowAPI, dag_id: str, run_id: str,
+               timeout: float) -> str:
+    """Print task state changes until the run ends; on failure print logs and pod diagnostics."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, str] = {}
+    while True:
+        state, tis = client.run_state(dag_id, run_id)
+        now = {task_id: str(ti.get("state") or "") for task_id, ti in tis.items()}
+        for line in state_changes(seen, now):
+            say(line)
+        seen = now
+        if state in ("success", "failed"):
+            break
+        if time.monotonic() > deadline:
+            raise Exit(f"timed out after {timeout:.0f} s waiting for {dag_id} run {run_id} "
+                       f"(still {state}); see `invoke status` and the UI at {cfg.airflow_url}",
+                       code=7)
+        time.sleep(2)
+    say(f"run {run_id} of {dag_id} ended: {state}")
+    if state != "success":
+        for task_id, ti in tis.items():
+            if ti.get("state") in ("failed", "upstream_failed") and ti.get("try_number"):
+                if ti["state"] == "failed":
+                    print(f"----- log of {task_id} (try {ti['try_number']})", file=sys.stderr)
+                    print(client.task_log(dag_id, run_id, task_id, ti["try_number"]),
+                          file=sys.stderr)
+                    print_pod_diagnostics(cfg, dag_id, task_id)
+    return state
+
+
+def print_pod_diagnostics(cfg: Settings, dag_id: str, task_id: str) -> None:
+    """The worker pod's status and events (k3s), or the stand-in container's (IMAGES=local)."""
+    if cfg.k3s:
+        selector = f"dag_id={dag_id},task_id={task_id}"
+        subprocess.run(kubectl_cmd(cfg, ["describe", "pods", "-l", selector]), check=False)
+        return
+    docker = compose(cfg)
+    for container in standin_pods(docker, cfg, f"pod.label/task_id={task_id}"):
+        print(f"----- stand-in pod {container.name}: {container.state.status} "
+              f"(exit {container.state.exit_code}, {container.state.error or 'no error'})",
+              file=sys.stderr)
+
+
+def standin_pods(docker: DockerClient, cfg: Settings, *labels: str) -> list[Any]:
+    """Containers the stand-in executor ran for this project (IMAGES=local)."""
+    filters = [("label", STANDIN_LABEL), ("label", f"airflow-k3s.project={cfg.project}")]
+    filters += [("label", label) for label in labels]
+    return list(docker.container.list(all=True, filters=filters))
+
+
+# --------------------------------------------------------------------------- kubectl
+
+
+def kubectl_cmd(cfg: Settings, args: list[str]) -> list[str]:
+    kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"
+    return [kubectl, "--kubeconfig", str(cfg.generated / "kubeconfig.yaml"), *args]
+
+
+def write_kubeconfigs(cfg: Settings, raw: str) -> tuple[Path, Path]:
+    """Write the host's and the containers' copies of k3s's kubeconfig (mode 600)."""
+    host = cfg.generated / "kubeconfig.yaml"
+    containers = cfg.generated / "kubeconfig-containers.yaml"
+    port = cfg.ports["K3S_API_PORT"]
+    ak.write_private(host, ak.rewrite_kubeconfig(raw, f"https://127.0.0.1:{port}"))
+    ak.write_private(containers, ak.rewrite_kubeconfig(raw, "https://k3s:6443"))
+    return host, containers
+
+
+def require_k3s(cfg: Settings, what: str) -> None:
+    if not cfg.k3s:
+        raise Exit(f"{what} needs k3s, which IMAGES=local does not run (tasks run in stand-in "
+                   f"containers: `invoke status` lists them)", code=8)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@task(help={"no_build": "start with the images already built", "timeout": "seconds to wait "
+            "for every service to be healthy"})
+@docker_errors
+def up(c: Context, no_build: bool = False, timeout: int = 600) -> None:
+    """Generate secrets, build, start and wait until healthy, push the worker image."""
+    check_docker()
+    cfg = ensure_secrets(settings())
+    docker = compose(cfg)
+    problems = port_conflicts(cfg, running_services(docker), port_taken)
+    if problems:
+        raise Exit("; ".join(problems), code=9)
+    if not no_build:
+        build_all(cfg)
+    if cfg.images == "local":
+        say("IMAGES=local: no k3s here; tasks run as stand-in containers built from the pod "
+            "template (see README, 'Image sources')")
+    say(f"starting the stack (project {cfg.project})")
+    try:
+        docker.compose.up(detach=True, no_build=True, quiet=True)
+    except DockerException:
+        wait_healthy(cfg, timeout=0)  # prints what failed and its logs, then exits
+        raise
+    wait_healthy(cfg, timeout)
+    push_worker(cfg)
+    if cfg.k3s:
+        kubeconfig(c)
+    print(f"Airflow UI: {cfg.airflow_url}  (user {ak.ADMIN_USER}, password: "
+          f"AIRFLOW_ADMIN_PASSWORD in .env)")
+
+
+@task(help={"timeout": "seconds to give each container to stop"})
+@docker_errors
+def down(c: Context, timeout: int = 30) -> None:
+    """Stop the stack and keep its data (volumes, .env, images)."""
+    check_docker()
+    cfg = settings()
+    docker = compose(cfg)
+    remove_standin_pods(docker, cfg)
+    docker.compose.down(timeout=timeout, quiet=True)
+    say("stopped; data kept (`invoke clean` deletes it)")
+
+
+def remove_standin_pods(docker: DockerClient, cfg: Settings) -> None:
+    pods = standin_pods(docker, cfg)
+    if pods:
+        say(f"removing {len(pods)} stand-in worker container(s)")
+        docker.container.remove(pods, force=True, volumes=True)
+
+
+@task
+@docker_errors
+def clean(c: Context) -> None:
+    """Delete the stack: containers, volumes, network, .env secrets and .generated/ (says what)."""
+    check_docker()
+    cfg = settings()
+    docker = compose(cfg)
+    volumes = [v.name for v in docker.volume.list(
+        filters={"label": f"com.docker.compose.project={cfg.project}"})]
+    say(f"deleting project {cfg.project}: containers, network, volumes "
+        f"({', '.join(volumes) or 'none'}), .env and .generated/")
+    remove_standin_pods(docker, cfg)
+    docker.compose.down(volumes=True, remove_orphans=True, timeout=10, quiet=True)
+    shutil.rmtree(cfg.generated, ignore_errors=True)
+    cfg.env_file.unlink(missing_ok=True)
+
+
+@task
+@docker_errors
+def status(c: Context) -> None:
+    """Show each service and its health, and the worker pods."""
+    check_docker()
+    cfg = settings()
+    docker = compose(cfg)
+    states = service_states(docker)
+    if not states:
+        print(f"the stack (project {cfg.project}) is not running: `make up` starts it")
+        return
+    for service, state in sorted(states.items()):
+        print(f"{service:24} {state}")
+    if cfg.k3s and "k3s" in states:
+        subprocess.run(kubectl_cmd(cfg, ["get", "pods", "-o", "wide"]), check=False)
+    else:
+        for pod in standin_pods(docker, cfg):
+            print(f"stand-in pod {pod.name:50} {pod.state.status} exit={pod.state.exit_code}")
+
+
+@task(help={"service": "one service (default: all)", "follow": "keep printing new lines",
+            "tail": "lines from the end to start with"})
+@docker_errors
+def logs(c: Context, service: str = "", follow: bool = False, tail: str = "200") -> None:
+    """Print the logs of one service or of all."""
+    check_docker()
+    docker = compose(settings())
+    if follow:
+        for _source, line in docker.compose.logs(service or [], follow=True, stream=True,
+                                                 tail=tail):
+            sys.stdout.write(line.decode(errors="replace"))
+    else:
+        print(docker.compose.logs(service or [], tail=tail))
+
+
+@task(help={"worker_only": "build only the worker image (the DAG-edit loop)"})
+@docker_errors
+def build(c: Context, worker_only: bool = False) -> None:
+    """Build the Airflow and service images and the worker image (DAGs baked in)."""
+    check_docker()
+    build_all(settings(), worker_only=worker_only)
+
+
+@task
+@docker_errors
+def push(c: Context) -> None:
+    """Push the worker image to the stack's registry (idempotent)."""
+    check_docker()
+    cfg = settings()
+    require_running(cfg, "registry")
+    print(push_worker(cfg))
+
+
+@task
+@docker_errors
+def kubeconfig(c: Context) -> None:
+    """Rewrite k3s's kubeconfig: a copy for the host and one for containers (.generated/)."""
+    check_docker()
+    cfg = settings()
+    require_k3s(cfg, "kubeconfig")
+    require_running(cfg, "k3s")
+    raw = str(compose(cfg).compose.execute("k3s", ["cat", "/output/kubeconfig.yaml"], tty=False))
+    host, containers = write_kubeconfigs(cfg, raw)
+    say(f"kubeconfig for the host: {host} (export KUBECONFIG={host}); containers: {containers}")
+
+
+@task
+def kubectl(c: Context) -> None:
+    """kubectl against the k3s cluster: `invoke kubectl -- get pods -A` (its exit code is ours)."""
+    cfg = settings()
+    require_k3s(cfg, "kubectl")
+    if not (cfg.generated / "kubeconfig.yaml").exists():
+        raise Exit("no kubeconfig yet: start the stack with `make up` (or run `invoke "
+                   "kubeconfig`)", code=4)
+    code = subprocess.run(kubectl_cmd(cfg, shlex.split(c.remainder)), check=False).returncode
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"dag_id": "the DAG to trigger", "conf": "the run's conf, a JSON object",
+            "wait": "follow the run until it ends; exit 0 only on success",
+            "timeout": "seconds to wait for the run with --wait",
+            "parse_timeout": "seconds to wait for a new DAG file to be parsed"})
+@docker_errors
+def trigger_dag(c: Context, dag_id: str = DEMO_DAG, conf: str = "", wait: bool = False,
+                timeout: int = 600, parse_timeout: int = 90) -> None:
+    """Unpause and trigger a DAG through the REST API; --wait follows it to the end."""
+    run_conf = parse_conf(conf)
+    check_docker()
+    cfg = settings()
+    client = api(cfg)
+    client.find_dag(dag_id, parse_timeout)
+    run_id = client.trigger(dag_id, run_conf)
+    say(f"triggered {dag_id}: run {run_id}")
+    print(run_id)
+    if wait:
+        state = follow_run(cfg, client, dag_id, run_id, timeout)
+        if state != "success":
+            raise Exit(f"{dag_id} run {run_id} ended {state}", code=1)
+
+
+@task(help={"timeout": "seconds to wait for the demo run"})
+@docker_errors
+def demo(c: Context, timeout: int = 600) -> None:
+    """Start the stack, run the demo DAG to success and show the pods and the S3 object."""
+    up(c)
+    cfg = settings()
+    client = api(cfg)
+    client.find_dag(DEMO_DAG, 120)
+    run_id = client.trigger(DEMO_DAG, {})
+    say(f"triggered {DEMO_DAG}: run {run_id}")
+    if follow_run(cfg, client, DEMO_DAG, run_id, timeout) != "success":
+        raise Exit(f"the demo run {run_id} failed (log above)", code=1)
+    print("\nWorker pods that ran the tasks:")
+    status(c)
+    show_demo_object(cfg, run_id)
+
+
+def show_demo_object(cfg: Settings, run_id: str) -> None:
+    """Print the object the demo wrote to S3 (read from the host through the published port)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=cfg.s3_url, region_name="us-east-1",
+                      aws_access_key_id=cfg.secrets["S3_ACCESS_KEY"],
+                      aws_secret_access_key=cfg.secrets["S3_SECRET_KEY"])
+    listing = s3.list_objects_v2(Bucket="airflow-data", Prefix="orders/")
+    for obj in listing.get("Contents", []):
+        body = s3.get_object(Bucket="airflow-data", Key=obj["Key"])["Body"].read()
+        print(f"s3://airflow-data/{obj['Key']}  {obj['Size']} bytes  "
+              f"sha256={hashlib.sha256(body).hexdigest()[:16]}…")
+    print(f"(run {run_id}; UI: {cfg.airflow_url})")
+
+
+@task
+def secrets(c: Context) -> None:
+    """Generate missing secrets into .env and render the worker Secret (never replaces one)."""
+    ensure_secrets(settings())
+
+
+@task
+def lock(c: Context) -> None:
+    """Re-lock the Airflow image's dependencies (airflow/requirements.in -> requirements.txt)."""
+    c.run("uv pip compile --universal --python-version 3.11 --no-header -q "
+          "airflow/requirements.in -o airflow/requirements.txt")

@@ -1,0 +1,8 @@
+# IMAGES=local only: stands in for the pinned python:3.11 slim image (no registry reachable).
+# Debian bookworm's own python3 (3.11) on the debootstrap base that `invoke images` imports.
+ARG DEBIAN_IMAGE=airflow-k3s/debian:bookworm-local
+FROM ${DEBIAN_IMAGE}
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
