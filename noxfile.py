@@ -25,18 +25,29 @@ K8S_VERSION = "1.36.0"  # schemas of the pinned k3s (rancher/k3s:v1.36.4-k3s1)
 def sync(session: nox.Session, *groups: str) -> None:
     """Install exactly these dependency groups from uv.lock into the session's venv."""
     args = ["uv", "sync", "--frozen", "--no-default-groups", *(f"--group={g}" for g in groups)]
-    session.run_install(*args, env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
-                        external=True, silent=True)
+    session.run_install(
+        *args,
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+        external=True,
+        silent=True,
+    )
 
 
 def shell_files() -> list[str]:
-    return sorted(str(p) for d in ("k3s", "airflow", "tests", ".ci") for p in Path(d).rglob("*")
-                  if p.suffix == ".sh" or p.name == "run")
+    return sorted(
+        str(p)
+        for d in ("k3s", "airflow", "tests", ".ci")
+        for p in Path(d).rglob("*")
+        if p.suffix == ".sh" or p.name == "run"
+    )
 
 
 def dockerfiles() -> list[str]:
-    return sorted(str(p) for p in Path(".").glob("**/*Dockerfile")
-                  if ".nox" not in p.parts and ".venv" not in p.parts)
+    return sorted(
+        str(p)
+        for p in Path(".").glob("**/*Dockerfile")
+        if ".nox" not in p.parts and ".venv" not in p.parts
+    )
 
 
 @nox.session(python=PYTHON)
@@ -56,8 +67,16 @@ def lint(session: nox.Session) -> None:
 def unit(session: nox.Session) -> None:
     """Unit tests, no Docker: task logic, kubeconfig, config rendering, pod generation, DAGs."""
     sync(session, "test", "lint")
-    session.run_install("uv", "pip", "install", "--quiet", "-r", AIRFLOW_LOCK,
-                        env={"VIRTUAL_ENV": session.virtualenv.location}, external=True)
+    session.run_install(
+        "uv",
+        "pip",
+        "install",
+        "--quiet",
+        "-r",
+        AIRFLOW_LOCK,
+        env={"VIRTUAL_ENV": session.virtualenv.location},
+        external=True,
+    )
     session.run("pytest", "tests/unit", *session.posargs)
 
 
@@ -66,8 +85,7 @@ def integration(session: nox.Session) -> None:
     """The stack for real without k3s (IMAGES=local): needs a Docker engine, fails without one."""
     sync(session, "test")
     env = {"IMAGES": "local"}
-    session.run("pytest", "tests/integration", "-p", "no:cacheprovider", *session.posargs,
-                env=env)
+    session.run("pytest", "tests/integration", "-p", "no:cacheprovider", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON, default=False)

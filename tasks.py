@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import httpx
-import yaml
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
@@ -68,12 +67,12 @@ class Settings:
     extra_ca_bundle: str = ""
     secrets: Mapping[str, str] = field(default_factory=dict)
     root: Path = ROOT
-    #: Where .env and .generated/ live: the checkout, or AIRFLOW_K3S_STATE_DIR (tests use a temp dir).
+    #: Where .env and .generated/ live: the checkout, or $AIRFLOW_K3S_STATE_DIR (tests: a temp dir).
     state_dir: Path = ROOT
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, root: Path = ROOT) -> Settings:
-        """Settings from ``environ`` (default os.environ) over the values in the state dir's .env."""
+        """Settings from ``environ`` (default os.environ) over the state dir's .env."""
         environ = os.environ if environ is None else environ
         state_dir = Path(environ.get("AIRFLOW_K3S_STATE_DIR") or root)
         env_file = state_dir / ".env"
@@ -136,7 +135,7 @@ class Settings:
 
     @property
     def worker_image(self) -> str:
-        """The worker image as the host pushes it (inside the stack: registry:5000/airflow-worker)."""
+        """The worker image as the host pushes it (in the stack: registry:5000/airflow-worker)."""
         return f"127.0.0.1:{self.ports['REGISTRY_PORT']}/airflow-worker:latest"
 
     @property
@@ -165,9 +164,10 @@ def docker_errors(func: Callable[P, R]) -> Callable[P, R]:
         except DockerException as exc:
             detail = (exc.stderr or exc.stdout or str(exc)).strip().splitlines()
             last = detail[-1] if detail else str(exc)
-            raise Exit(f"docker failed: {' '.join(exc.docker_command[:4])} ...: {last}", code=1)
+            command = " ".join(exc.docker_command[:4])
+            raise Exit(f"docker failed: {command} ...: {last}", code=1) from None
         except httpx.HTTPError as exc:
-            raise Exit(f"the Airflow API did not answer as expected: {exc}", code=1)
+            raise Exit(f"the Airflow API did not answer as expected: {exc}", code=1) from None
 
     return wrapper
 
@@ -192,21 +192,37 @@ def parse_version(text: str) -> tuple[int, ...]:
 def check_docker() -> None:
     """Fail with one clear line when Docker or compose is missing or too old."""
     if shutil.which("docker") is None:
-        raise Exit("Docker is not installed: install Docker (or on Debian run "
-                   "tests/images/ensure-docker.sh)", code=3)
-    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
-                          capture_output=True, text=True, check=False)
+        raise Exit(
+            "Docker is not installed: install Docker (or on Debian run "
+            "tests/images/ensure-docker.sh)",
+            code=3,
+        )
+    info = subprocess.run(
+        ["docker", "info", "--format", "{{.ServerVersion}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if info.returncode != 0:
-        raise Exit("the Docker engine is not running or not reachable: start it "
-                   "(on Debian: tests/images/ensure-docker.sh)", code=3)
-    ver = subprocess.run(["docker", "compose", "version", "--short"],
-                         capture_output=True, text=True, check=False)
+        raise Exit(
+            "the Docker engine is not running or not reachable: start it "
+            "(on Debian: tests/images/ensure-docker.sh)",
+            code=3,
+        )
+    ver = subprocess.run(
+        ["docker", "compose", "version", "--short"], capture_output=True, text=True, check=False
+    )
     if ver.returncode != 0:
-        raise Exit("docker compose v2 is missing: install the compose plugin "
-                   "(tests/images/ensure-docker.sh does it on Debian)", code=3)
+        raise Exit(
+            "docker compose v2 is missing: install the compose plugin "
+            "(tests/images/ensure-docker.sh does it on Debian)",
+            code=3,
+        )
     if parse_version(ver.stdout) < MIN_COMPOSE:
         want = ".".join(map(str, MIN_COMPOSE))
-        raise Exit(f"docker compose {ver.stdout.strip()} is too old: {want} or newer needed", code=3)
+        raise Exit(
+            f"docker compose {ver.stdout.strip()} is too old: {want} or newer needed", code=3
+        )
 
 
 def port_taken(port: int, host: str = "127.0.0.1") -> bool:
@@ -224,8 +240,10 @@ def port_conflicts(cfg: Settings, running: set[str], taken: Callable[[int], bool
             continue
         port = cfg.ports[name]
         if service not in running and taken(port):
-            problems.append(f"port {port} ({service}) is already in use: free it or set {name}="
-                            f"<free port> in the environment or .env")
+            problems.append(
+                f"port {port} ({service}) is already in use: free it or set {name}="
+                f"<free port> in the environment or .env"
+            )
     return problems
 
 
@@ -233,7 +251,7 @@ def port_conflicts(cfg: Settings, running: set[str], taken: Callable[[int], bool
 
 
 def ensure_secrets(cfg: Settings) -> Settings:
-    """Generate missing secrets into .env (mode 600), render the worker Secret; return new settings."""
+    """Generate missing secrets into .env (mode 600) and render the worker Secret."""
     env_file = cfg.env_file
     current = ak.parse_env_file(env_file.read_text()) if env_file.exists() else {}
     updated = ak.generate_secrets(current)
@@ -274,12 +292,19 @@ def build_specs(config: Mapping[str, Any], active: set[str]) -> dict[str, dict[s
 
 
 def has_buildx() -> bool:
-    return subprocess.run(["docker", "buildx", "version"], capture_output=True,
-                          check=False).returncode == 0
+    return (
+        subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode
+        == 0
+    )
 
 
-def build_image(docker: DockerClient, context: Path, tag: str, dockerfile: Path | None = None,
-                args: Mapping[str, str] | None = None) -> None:
+def build_image(
+    docker: DockerClient,
+    context: Path,
+    tag: str,
+    dockerfile: Path | None = None,
+    args: Mapping[str, str] | None = None,
+) -> None:
     """Build one image with BuildKit where buildx exists, else the classic builder."""
     started = time.monotonic()
     say(f"building {tag}")
@@ -297,21 +322,36 @@ def ensure_local_bases(docker: DockerClient, cfg: Settings) -> None:
     """IMAGES=local: a Debian base made with debootstrap and a python3 base, built once, cached."""
     if not docker.image.exists(LOCAL_DEBIAN_IMAGE):
         if shutil.which("debootstrap") is None:
-            raise Exit("IMAGES=local needs debootstrap to make the Debian base image: "
-                       "apt-get install debootstrap", code=3)
+            raise Exit(
+                "IMAGES=local needs debootstrap to make the Debian base image: "
+                "apt-get install debootstrap",
+                code=3,
+            )
         say(f"making {LOCAL_DEBIAN_IMAGE} with debootstrap (once, about a minute)")
         with tempfile.TemporaryDirectory(prefix="airflow-k3s-rootfs-") as rootfs:
-            subprocess.run(["debootstrap", "--variant=minbase", "bookworm", rootfs, DEBIAN_MIRROR],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", "bookworm", rootfs, DEBIAN_MIRROR],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-            subprocess.run(["docker", "import", "-", LOCAL_DEBIAN_IMAGE], stdin=tar.stdout,
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                ["docker", "import", "-", LOCAL_DEBIAN_IMAGE],
+                stdin=tar.stdout,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             if tar.wait() != 0:
                 raise Exit("tar of the debootstrap tree failed", code=1)
     if not docker.image.exists(LOCAL_PYTHON_IMAGE):
         images = cfg.root / "tests" / "images"
-        build_image(docker, images, LOCAL_PYTHON_IMAGE, images / "python.Dockerfile",
-                    {"DEBIAN_IMAGE": LOCAL_DEBIAN_IMAGE})
+        build_image(
+            docker,
+            images,
+            LOCAL_PYTHON_IMAGE,
+            images / "python.Dockerfile",
+            {"DEBIAN_IMAGE": LOCAL_DEBIAN_IMAGE},
+        )
 
 
 def build_all(cfg: Settings, worker_only: bool = False) -> None:
@@ -327,8 +367,13 @@ def build_all(cfg: Settings, worker_only: bool = False) -> None:
             context = Path(spec["context"])
             dockerfile = context / spec.get("dockerfile", "Dockerfile")
             build_image(docker, context, tag, dockerfile, spec.get("args") or {})
-    build_image(docker, cfg.root, cfg.worker_image, cfg.root / "worker" / "Dockerfile",
-                {"AIRFLOW_IMAGE": cfg.airflow_image})
+    build_image(
+        docker,
+        cfg.root,
+        cfg.worker_image,
+        cfg.root / "worker" / "Dockerfile",
+        {"AIRFLOW_IMAGE": cfg.airflow_image},
+    )
 
 
 def push_worker(cfg: Settings) -> str:
@@ -351,7 +396,8 @@ def service_states(docker: DockerClient) -> dict[str, str]:
     """service -> 'healthy' | 'starting' | 'unhealthy' | 'running' | 'exited(N)' | ..."""
     states: dict[str, str] = {}
     for container in docker.compose.ps(all=True):
-        service = container.config.labels.get("com.docker.compose.service", container.name)
+        labels = container.config.labels or {}
+        service = labels.get("com.docker.compose.service", container.name)
         state = container.state
         if state.status == "exited":
             states[service] = f"exited({state.exit_code})"
@@ -363,7 +409,7 @@ def service_states(docker: DockerClient) -> dict[str, str]:
 
 
 def not_ready(states: Mapping[str, str], expected: set[str]) -> dict[str, str]:
-    """Services that are not yet ready: one-shots must have exited 0, the rest be healthy/running."""
+    """Services not ready yet: one-shots must have exited 0, the rest be healthy or running."""
     pending = {}
     for service in sorted(expected):
         state = states.get(service, "missing")
@@ -382,18 +428,27 @@ def wait_healthy(cfg: Settings, timeout: float) -> None:
     while True:
         pending = not_ready(service_states(docker), expected)
         if pending != last:
-            say("waiting for: " + ", ".join(f"{s} ({st})" for s, st in pending.items())
-                if pending else "all services are healthy")
+            say(
+                "waiting for: " + ", ".join(f"{s} ({st})" for s, st in pending.items())
+                if pending
+                else "all services are healthy"
+            )
             last = pending
-        failed = {s: st for s, st in pending.items()
-                  if st == "unhealthy" or (st.startswith("exited") and st != "exited(0)")}
+        failed = {
+            s: st
+            for s, st in pending.items()
+            if st == "unhealthy" or (st.startswith("exited") and st != "exited(0)")
+        }
         if not pending:
             return
         if failed or time.monotonic() > deadline:
             dump_service_diagnostics(cfg, list(failed or pending))
             what = ", ".join(f"{s} is {st}" for s, st in (failed or pending).items())
-            raise Exit(f"the stack did not become healthy: {what} (logs above; `invoke logs "
-                       f"<service>` for more)", code=1)
+            raise Exit(
+                f"the stack did not become healthy: {what} (logs above; `invoke logs "
+                f"<service>` for more)",
+                code=1,
+            )
         time.sleep(2)
 
 
@@ -415,8 +470,9 @@ def running_services(docker: DockerClient) -> set[str]:
 def require_running(cfg: Settings, service: str = "airflow-apiserver") -> None:
     """Fail with one clear line when the stack (or one service of it) is not running."""
     if service not in running_services(compose(cfg)):
-        raise Exit(f"the stack is not running ({service} is not up): start it with `make up`",
-                   code=4)
+        raise Exit(
+            f"the stack is not running ({service} is not up): start it with `make up`", code=4
+        )
 
 
 # --------------------------------------------------------------------------- Airflow REST API
@@ -429,8 +485,9 @@ def parse_conf(conf: str) -> dict[str, Any]:
     try:
         value = json.loads(conf)
     except json.JSONDecodeError as exc:
-        raise Exit(f"--conf is not valid JSON ({exc.msg} at character {exc.pos}): {conf}",
-                   code=2) from None
+        raise Exit(
+            f"--conf is not valid JSON ({exc.msg} at character {exc.pos}): {conf}", code=2
+        ) from None
     if not isinstance(value, dict):
         raise Exit(f"--conf must be a JSON object like '{{\"key\": 1}}', not {conf}", code=2)
     return value
@@ -443,8 +500,11 @@ class AirflowAPI:
         self.http = httpx.Client(base_url=base_url, timeout=30)
         response = self.http.post("/auth/token", json={"username": user, "password": password})
         if response.status_code in (401, 403):
-            raise Exit(f"login as {user!r} was refused by {base_url}: the password in .env "
-                       f"(AIRFLOW_ADMIN_PASSWORD) does not match the running stack", code=5)
+            raise Exit(
+                f"login as {user!r} was refused by {base_url}: the password in .env "
+                f"(AIRFLOW_ADMIN_PASSWORD) does not match the running stack",
+                code=5,
+            )
         response.raise_for_status()
         self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
@@ -479,8 +539,9 @@ class AirflowAPI:
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
         self.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-        response = self.http.post(f"/api/v2/dags/{dag_id}/dagRuns",
-                                  json={"logical_date": None, "conf": dict(conf)})
+        response = self.http.post(
+            f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": dict(conf)}
+        )
         response.raise_for_status()
         return str(response.json()["dag_run_id"])
 
@@ -492,15 +553,33 @@ class AirflowAPI:
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
         response = self.http.get(
             f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-            params={"full_content": True}, headers={"Accept": "text/plain"})
+            params={"full_content": True},
+            headers={"Accept": "application/json"},
+        )
         response.raise_for_status()
-        return response.text
+        return render_log(response.json().get("content") or [])
+
+
+def render_log(content: list[Any]) -> str:
+    """Airflow 3's structured log messages as plain lines: 'timestamp [level] event'."""
+    lines = []
+    for item in content:
+        if not isinstance(item, dict):
+            lines.append(str(item))
+            continue
+        level = f"[{item['level']}]" if item.get("level") else ""
+        parts = (str(item.get("timestamp") or ""), level, str(item.get("event", "")))
+        lines.append(" ".join(p for p in parts if p))
+    return "\n".join(lines)
 
 
 def state_changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
     """Lines 'task: old -> new' for every task whose state changed."""
-    return [f"{task_id}: {before.get(task_id) or 'none'} -> {state or 'none'}"
-            for task_id, state in sorted(after.items()) if before.get(task_id, "") != state]
+    return [
+        f"{task_id}: {before.get(task_id) or 'none'} -> {state or 'none'}"
+        for task_id, state in sorted(after.items())
+        if before.get(task_id, "") != state
+    ]
 
 
 def api(cfg: Settings) -> AirflowAPI:
@@ -508,8 +587,7 @@ def api(cfg: Settings) -> AirflowAPI:
     return AirflowAPI(cfg.airflow_url, cfg.secrets.get("AIRFLOW_ADMIN_PASSWORD", ""))
 
 
-def follow_run(cfg: Settings, client: AirflowAPI, dag_id: str, run_id: str,
-               timeout: float) -> str:
+def follow_run(cfg: Settings, client: AirflowAPI, dag_id: str, run_id: str, timeout: float) -> str:
     """Print task state changes until the run ends; on failure print logs and pod diagnostics."""
     deadline = time.monotonic() + timeout
     seen: dict[str, str] = {}
@@ -522,19 +600,20 @@ def follow_run(cfg: Settings, client: AirflowAPI, dag_id: str, run_id: str,
         if state in ("success", "failed"):
             break
         if time.monotonic() > deadline:
-            raise Exit(f"timed out after {timeout:.0f} s waiting for {dag_id} run {run_id} "
-                       f"(still {state}); see `invoke status` and the UI at {cfg.airflow_url}",
-                       code=7)
+            raise Exit(
+                f"timed out after {timeout:.0f} s waiting for {dag_id} run {run_id} "
+                f"(still {state}); see `invoke status` and the UI at {cfg.airflow_url}",
+                code=7,
+            )
         time.sleep(2)
     say(f"run {run_id} of {dag_id} ended: {state}")
     if state != "success":
         for task_id, ti in tis.items():
-            if ti.get("state") in ("failed", "upstream_failed") and ti.get("try_number"):
-                if ti["state"] == "failed":
-                    print(f"----- log of {task_id} (try {ti['try_number']})", file=sys.stderr)
-                    print(client.task_log(dag_id, run_id, task_id, ti["try_number"]),
-                          file=sys.stderr)
-                    print_pod_diagnostics(cfg, dag_id, task_id)
+            if ti.get("state") == "failed" and ti.get("try_number"):
+                try_number = int(ti["try_number"])
+                print(f"----- log of {task_id} (try {try_number})", file=sys.stderr)
+                print(client.task_log(dag_id, run_id, task_id, try_number), file=sys.stderr)
+                print_pod_diagnostics(cfg, dag_id, task_id)
     return state
 
 
@@ -546,16 +625,17 @@ def print_pod_diagnostics(cfg: Settings, dag_id: str, task_id: str) -> None:
         return
     docker = compose(cfg)
     for container in standin_pods(docker, cfg, f"pod.label/task_id={task_id}"):
-        print(f"----- stand-in pod {container.name}: {container.state.status} "
-              f"(exit {container.state.exit_code}, {container.state.error or 'no error'})",
-              file=sys.stderr)
+        print(
+            f"----- stand-in pod {container.name}: {container.state.status} "
+            f"(exit {container.state.exit_code}, {container.state.error or 'no error'})",
+            file=sys.stderr,
+        )
 
 
 def standin_pods(docker: DockerClient, cfg: Settings, *labels: str) -> list[Any]:
     """Containers the stand-in executor ran for this project (IMAGES=local)."""
-    filters = [("label", STANDIN_LABEL), ("label", f"airflow-k3s.project={cfg.project}")]
-    filters += [("label", label) for label in labels]
-    return list(docker.container.list(all=True, filters=filters))
+    wanted = [STANDIN_LABEL, f"airflow-k3s.project={cfg.project}", *labels]
+    return list(docker.container.list(all=True, filters=[("label", w) for w in wanted]))
 
 
 # --------------------------------------------------------------------------- kubectl
@@ -578,15 +658,22 @@ def write_kubeconfigs(cfg: Settings, raw: str) -> tuple[Path, Path]:
 
 def require_k3s(cfg: Settings, what: str) -> None:
     if not cfg.k3s:
-        raise Exit(f"{what} needs k3s, which IMAGES=local does not run (tasks run in stand-in "
-                   f"containers: `invoke status` lists them)", code=8)
+        raise Exit(
+            f"{what} needs k3s, which IMAGES=local does not run (tasks run in stand-in "
+            f"containers: `invoke status` lists them)",
+            code=8,
+        )
 
 
 # --------------------------------------------------------------------------- tasks
 
 
-@task(help={"no_build": "start with the images already built", "timeout": "seconds to wait "
-            "for every service to be healthy"})
+@task(
+    help={
+        "no_build": "start with the images already built",
+        "timeout": "seconds to wait for every service to be healthy",
+    }
+)
 @docker_errors
 def up(c: Context, no_build: bool = False, timeout: int = 600) -> None:
     """Generate secrets, build, start and wait until healthy, push the worker image."""
@@ -599,8 +686,10 @@ def up(c: Context, no_build: bool = False, timeout: int = 600) -> None:
     if not no_build:
         build_all(cfg)
     if cfg.images == "local":
-        say("IMAGES=local: no k3s here; tasks run as stand-in containers built from the pod "
-            "template (see README, 'Image sources')")
+        say(
+            "IMAGES=local: no k3s here; tasks run as stand-in containers built from the pod "
+            "template (see README, 'Image sources')"
+        )
     say(f"starting the stack (project {cfg.project})")
     try:
         docker.compose.up(detach=True, no_build=True, quiet=True)
@@ -611,8 +700,10 @@ def up(c: Context, no_build: bool = False, timeout: int = 600) -> None:
     push_worker(cfg)
     if cfg.k3s:
         kubeconfig(c)
-    print(f"Airflow UI: {cfg.airflow_url}  (user {ak.ADMIN_USER}, password: "
-          f"AIRFLOW_ADMIN_PASSWORD in .env)")
+    print(
+        f"Airflow UI: {cfg.airflow_url}  (user {ak.ADMIN_USER}, password: "
+        f"AIRFLOW_ADMIN_PASSWORD in .env)"
+    )
 
 
 @task(help={"timeout": "seconds to give each container to stop"})
@@ -641,10 +732,16 @@ def clean(c: Context) -> None:
     check_docker()
     cfg = settings()
     docker = compose(cfg)
-    volumes = [v.name for v in docker.volume.list(
-        filters={"label": f"com.docker.compose.project={cfg.project}"})]
-    say(f"deleting project {cfg.project}: containers, network, volumes "
-        f"({', '.join(volumes) or 'none'}), .env and .generated/")
+    volumes = [
+        v.name
+        for v in docker.volume.list(
+            filters=[("label", f"com.docker.compose.project={cfg.project}")]
+        )
+    ]
+    say(
+        f"deleting project {cfg.project}: containers, network, volumes "
+        f"({', '.join(volumes) or 'none'}), .env and .generated/"
+    )
     remove_standin_pods(docker, cfg)
     docker.compose.down(volumes=True, remove_orphans=True, timeout=10, quiet=True)
     shutil.rmtree(cfg.generated, ignore_errors=True)
@@ -671,16 +768,22 @@ def status(c: Context) -> None:
             print(f"stand-in pod {pod.name:50} {pod.state.status} exit={pod.state.exit_code}")
 
 
-@task(help={"service": "one service (default: all)", "follow": "keep printing new lines",
-            "tail": "lines from the end to start with"})
+@task(
+    help={
+        "service": "one service (default: all)",
+        "follow": "keep printing new lines",
+        "tail": "lines from the end to start with",
+    }
+)
 @docker_errors
 def logs(c: Context, service: str = "", follow: bool = False, tail: str = "200") -> None:
     """Print the logs of one service or of all."""
     check_docker()
     docker = compose(settings())
     if follow:
-        for _source, line in docker.compose.logs(service or [], follow=True, stream=True,
-                                                 tail=tail):
+        for _source, line in docker.compose.logs(
+            service or [], follow=True, stream=True, tail=tail
+        ):
             sys.stdout.write(line.decode(errors="replace"))
     else:
         print(docker.compose.logs(service or [], tail=tail))
@@ -723,20 +826,33 @@ def kubectl(c: Context) -> None:
     cfg = settings()
     require_k3s(cfg, "kubectl")
     if not (cfg.generated / "kubeconfig.yaml").exists():
-        raise Exit("no kubeconfig yet: start the stack with `make up` (or run `invoke "
-                   "kubeconfig`)", code=4)
+        raise Exit(
+            "no kubeconfig yet: start the stack with `make up` (or run `invoke kubeconfig`)", code=4
+        )
     code = subprocess.run(kubectl_cmd(cfg, shlex.split(c.remainder)), check=False).returncode
     if code:
         raise Exit(code=code)
 
 
-@task(help={"dag_id": "the DAG to trigger", "conf": "the run's conf, a JSON object",
-            "wait": "follow the run until it ends; exit 0 only on success",
-            "timeout": "seconds to wait for the run with --wait",
-            "parse_timeout": "seconds to wait for a new DAG file to be parsed"})
+@task(
+    positional=["dag_id"],
+    help={
+        "dag_id": "the DAG to trigger, e.g. demo_rest_to_s3",
+        "conf": "the run's conf, a JSON object",
+        "wait": "follow the run until it ends; exit 0 only on success",
+        "timeout": "seconds to wait for the run with --wait",
+        "parse_timeout": "seconds to wait for a new DAG file to be parsed",
+    },
+)
 @docker_errors
-def trigger_dag(c: Context, dag_id: str = DEMO_DAG, conf: str = "", wait: bool = False,
-                timeout: int = 600, parse_timeout: int = 90) -> None:
+def trigger_dag(
+    c: Context,
+    dag_id: str,
+    conf: str = "",
+    wait: bool = False,
+    timeout: int = 600,
+    parse_timeout: int = 90,
+) -> None:
     """Unpause and trigger a DAG through the REST API; --wait follows it to the end."""
     run_conf = parse_conf(conf)
     check_docker()
@@ -773,14 +889,20 @@ def show_demo_object(cfg: Settings, run_id: str) -> None:
     """Print the object the demo wrote to S3 (read from the host through the published port)."""
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=cfg.s3_url, region_name="us-east-1",
-                      aws_access_key_id=cfg.secrets["S3_ACCESS_KEY"],
-                      aws_secret_access_key=cfg.secrets["S3_SECRET_KEY"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=cfg.s3_url,
+        region_name="us-east-1",
+        aws_access_key_id=cfg.secrets["S3_ACCESS_KEY"],
+        aws_secret_access_key=cfg.secrets["S3_SECRET_KEY"],
+    )
     listing = s3.list_objects_v2(Bucket="airflow-data", Prefix="orders/")
     for obj in listing.get("Contents", []):
         body = s3.get_object(Bucket="airflow-data", Key=obj["Key"])["Body"].read()
-        print(f"s3://airflow-data/{obj['Key']}  {obj['Size']} bytes  "
-              f"sha256={hashlib.sha256(body).hexdigest()[:16]}…")
+        print(
+            f"s3://airflow-data/{obj['Key']}  {obj['Size']} bytes  "
+            f"sha256={hashlib.sha256(body).hexdigest()[:16]}…"
+        )
     print(f"(run {run_id}; UI: {cfg.airflow_url})")
 
 
@@ -793,5 +915,7 @@ def secrets(c: Context) -> None:
 @task
 def lock(c: Context) -> None:
     """Re-lock the Airflow image's dependencies (airflow/requirements.in -> requirements.txt)."""
-    c.run("uv pip compile --universal --python-version 3.11 --no-header -q "
-          "airflow/requirements.in -o airflow/requirements.txt")
+    c.run(
+        "uv pip compile --universal --python-version 3.11 --no-header -q "
+        "airflow/requirements.in -o airflow/requirements.txt"
+    )

@@ -24,8 +24,9 @@ ORDERS_ENDPOINT = "/api/v1/orders"
 DOC_MD = """
 ### REST API → shared volume → S3
 
-Every task runs in its own worker pod (KubernetesExecutor, pod template `airflow/pod_template.yaml`);
-the pods share the volume `airflow-shared`, mounted at the Variable `SHARED_DIR` (`/shared`).
+Every task runs in its own worker pod (KubernetesExecutor, pod template
+`airflow/pod_template.yaml`); the pods share the volume `airflow-shared`, mounted at the
+Variable `SHARED_DIR` (`/shared`).
 
 1. **fetch**: `GET /api/v1/orders` through the connection `mockserver` (MockServer answers from
    `mockserver/expectations.json`), checks the answer is a JSON object with an `orders` list, and
@@ -132,7 +133,10 @@ def verify(uploaded: dict[str, Any], run_id: str | None = None) -> dict[str, Any
     default_args={"retries": 1, "retry_delay": timedelta(seconds=10)},
 )
 def demo_rest_to_s3() -> None:
-    verify(upload(fetch()))
+    # TaskFlow wires XComArgs; Airflow resolves them to the returned dicts inside the pods.
+    fetched: Any = fetch()
+    uploaded: Any = upload(fetched)
+    verify(uploaded)
 
 
 demo_rest_to_s3()

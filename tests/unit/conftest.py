@@ -7,7 +7,9 @@ The repository's airflow/ (airflow_k3s.py) and dags/ (demo_lib.py) folders go on
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +25,7 @@ for _folder in (REPO / "airflow", DAGS):
         sys.path.insert(0, str(_folder))
 
 _HOME = tempfile.mkdtemp(prefix="airflow-k3s-unit-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["AIRFLOW_HOME"] = _HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
@@ -75,6 +78,12 @@ WORKLOAD_ARGS = [
 
 
 @pytest.fixture
+def workload_args() -> list[str]:
+    """The args the executor gives a worker pod's container (Task SDK workload, fake JSON)."""
+    return list(WORKLOAD_ARGS)
+
+
+@pytest.fixture
 def worker_pod(airflow_config: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The worker pod the KubernetesExecutor would create for a task, as a plain dict.
 
@@ -92,6 +101,8 @@ def worker_pod(airflow_config: dict[str, str], monkeypatch: pytest.MonkeyPatch) 
 
     kube_config = KubeConfig()
     assert kube_config.pod_template_file == "/opt/airflow/pod_template.yaml"
+    namespace = kube_config.kube_namespace
+    assert isinstance(namespace, str)
     base = PodGenerator.deserialize_model_file(str(REPO / "airflow" / "pod_template.yaml"))
     pod = PodGenerator.construct_pod(
         dag_id="demo_rest_to_s3",
@@ -103,7 +114,7 @@ def worker_pod(airflow_config: dict[str, str], monkeypatch: pytest.MonkeyPatch) 
         args=list(WORKLOAD_ARGS),
         pod_override_object=None,
         base_worker_pod=base,
-        namespace=kube_config.kube_namespace,
+        namespace=namespace,
         scheduler_job_id="1",
         run_id="manual__2024-05-01T10:00:00+00:00",
         with_mutation_hook=True,

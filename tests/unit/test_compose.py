@@ -62,7 +62,8 @@ def test_every_image_is_pinned(doc: dict[str, Any]) -> None:
     assert images
     for service, image, built in images:
         name, _, tag = image.rpartition(":")
-        assert name and "/" not in tag, f"{service}: {image} has no tag"
+        assert name, f"{service}: {image} has no tag"
+        assert "/" not in tag, f"{service}: {image} has no tag"
         assert tag != "latest", f"{service}: {image} uses latest"
         if not built:  # pulled from a registry: a version, not a moving name
             assert re.search(r"\d+\.\d+", tag), f"{service}: {image} is not a version tag"
@@ -130,16 +131,19 @@ def test_every_long_running_service_has_a_healthcheck() -> None:
         if name in one_shot or name == "mockserver":
             continue
         check = svc.get("healthcheck")
-        assert check and not check.get("disable"), f"{name} has no healthcheck"
+        assert check, f"{name} has no healthcheck"
+        assert not check.get("disable"), f"{name}'s healthcheck is disabled"
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
-        assert check.get("interval") and check.get("retries"), name
+        assert check.get("interval"), name
+        assert check.get("retries"), name
 
 
 def test_mockserver_healthcheck_is_disabled_with_a_reason_and_probed_by_init() -> None:
     assert SERVICES["mockserver"]["healthcheck"] == {"disable": True}
     block = COMPOSE_FILE.read_text().split("\n  mockserver:\n", 1)[1].split("\n  registry:\n")[0]
     comment = " ".join(line for line in block.splitlines() if line.strip().startswith("#"))
-    assert "healthcheck" in block and re.search(r"distroless|no shell|probe", comment), (
+    assert "healthcheck" in block
+    assert re.search(r"distroless|no shell|probe", comment), (
         "the disabled healthcheck needs its reason in a comment"
     )
     # airflow-init probes it instead, and every other Airflow service waits for airflow-init.
@@ -168,7 +172,8 @@ def test_depends_on_uses_conditions(doc: dict[str, Any]) -> None:
             assert spec.get("condition") in CONDITIONS, f"{name} -> {dep}: {spec}"
             if spec["condition"] == "service_healthy" and doc is COMPOSE:
                 check = SERVICES[dep].get("healthcheck", {})
-                assert check and not check.get("disable"), f"{name} waits for {dep}'s health"
+                assert check, f"{name} waits for {dep}'s health, it has no healthcheck"
+                assert not check.get("disable"), f"{name} waits for {dep}'s disabled health"
 
 
 # --------------------------------------------------------------------------- Airflow services
@@ -341,5 +346,6 @@ def test_generated_files_are_git_ignored() -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
+        check=True,
     ).stdout.split()
     assert ignored == [".env", ".generated/k3s/worker-secret.yaml"]

@@ -1,4 +1,4 @@
-"""Kubernetes manifests validate (strictly: no unknown fields) against the schemas of the pinned k3s.
+"""Kubernetes manifests validate strictly (no unknown fields) against the pinned k3s's schemas.
 
 The Kubernetes version is read from the k3s image pinned in docker-compose.yml, so bumping k3s
 re-validates everything against the new schemas.

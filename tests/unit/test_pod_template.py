@@ -14,7 +14,6 @@ from typing import Any
 
 import airflow_k3s
 import yaml
-from conftest import WORKLOAD_ARGS
 
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|JWT|PRIVATE|CREDENTIAL", re.IGNORECASE)
 
@@ -33,10 +32,10 @@ def test_worker_pod_image_and_pull_policy(worker_pod: dict[str, Any]) -> None:
 
 
 def test_worker_pod_runs_the_task_sdk_workload_through_the_image_entrypoint(
-    worker_pod: dict[str, Any],
+    worker_pod: dict[str, Any], workload_args: list[str]
 ) -> None:
     container = _base(worker_pod)
-    assert container["args"] == WORKLOAD_ARGS
+    assert container["args"] == workload_args
     # No "command": the image's entrypoint (tini + entrypoint.sh) stays in front of the args.
     assert "command" not in container
     assert worker_pod["metadata"]["namespace"] == "default"
