@@ -52,3 +52,15 @@ integration: $(VENV)/.synced ## The stack for real without k3s (IMAGES=local)
 .PHONY: e2e
 e2e: $(VENV)/.synced ## The whole stack with k3s (needs upstream images)
 	$(BIN)/nox -s e2e
+
+.PHONY: faults
+faults: $(VENV)/.synced ## Faults and bad input on a real stack (IMAGES=local)
+	$(BIN)/nox -s faults
+
+.PHONY: bench
+bench: $(VENV)/.synced ## Measure build, DAG-edit loop, up, demo run, memory (docs/benchmarks.md)
+	$(BIN)/nox -s bench
+
+.PHONY: doctor
+doctor: $(VENV)/.synced ## Check Docker, compose, memory, disk, ports, privileged, pulls
+	$(BIN)/invoke doctor

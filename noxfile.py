@@ -89,6 +89,27 @@ def integration(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON, default=False)
+def faults(session: nox.Session) -> None:
+    """Faults and bad input on a real stack (IMAGES=local): restarts, outages, refusals."""
+    sync(session, "test")
+    session.run(
+        "pytest",
+        "tests/faults",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env={"IMAGES": "local"},
+    )
+
+
+@nox.session(python=PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Measure the loops (build, DAG edit, up, demo run, memory): writes docs/benchmarks.md."""
+    sync(session, "test")
+    session.run("python", "tests/bench/bench.py", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
 def e2e(session: nox.Session) -> None:
     """The whole stack with k3s (upstream images): up, demo DAG, pods, S3 object, task logs."""
     sync(session, "test")

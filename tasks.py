@@ -6,6 +6,7 @@ IMAGES=upstream|local, generated secrets). Logic is in pure functions, tested wi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -175,6 +176,11 @@ def docker_errors(func: Callable[P, R]) -> Callable[P, R]:
 def compose(cfg: Settings) -> DockerClient:
     """The one place the compose client is configured."""
     os.environ.update(cfg.compose_env)
+    if not cfg.env_file.exists():
+        # Before the first `up` there are no secrets; commands that only look (status, down,
+        # doctor) still need the file to interpolate. `up` writes .env before it gets here.
+        for key in ak.SECRET_KEYS:
+            os.environ.setdefault(key, "not-generated-yet")
     return DockerClient(
         compose_files=list(cfg.compose_files),
         compose_project_name=cfg.project,
@@ -262,7 +268,7 @@ def ensure_secrets(cfg: Settings) -> Settings:
     config = ak.parse_env_file((cfg.root / "airflow" / "airflow.env").read_text())
     secret = ak.render_worker_secret(ak.worker_env(config, updated))
     ak.write_private(cfg.generated / "k3s" / f"{ak.WORKER_SECRET_NAME}.yaml", secret)
-    return Settings.load(root=cfg.root)
+    return dataclasses.replace(cfg, secrets={k: updated[k] for k in ak.SECRET_KEYS})
 
 
 def sync_extra_ca(cfg: Settings) -> None:
@@ -325,6 +331,12 @@ def ensure_local_bases(docker: DockerClient, cfg: Settings) -> None:
             raise Exit(
                 "IMAGES=local needs debootstrap to make the Debian base image: "
                 "apt-get install debootstrap",
+                code=3,
+            )
+        if os.geteuid() != 0:
+            raise Exit(
+                f"IMAGES=local makes {LOCAL_DEBIAN_IMAGE} once with debootstrap, which needs "
+                "root: run this command once as root (sudo -E)",
                 code=3,
             )
         say(f"making {LOCAL_DEBIAN_IMAGE} with debootstrap (once, about a minute)")
@@ -496,8 +508,14 @@ def parse_conf(conf: str) -> dict[str, Any]:
 class AirflowAPI:
     """A small client of Airflow's REST API v2 (simple auth manager login)."""
 
-    def __init__(self, base_url: str, password: str, user: str = ak.ADMIN_USER) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=30)
+    def __init__(
+        self,
+        base_url: str,
+        password: str,
+        user: str = ak.ADMIN_USER,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=30, transport=transport)
         response = self.http.post("/auth/token", json={"username": user, "password": password})
         if response.status_code in (401, 403):
             raise Exit(
@@ -919,3 +937,189 @@ def lock(c: Context) -> None:
         "uv pip compile --universal --python-version 3.11 --no-header -q "
         "airflow/requirements.in -o airflow/requirements.txt"
     )
+
+
+# --------------------------------------------------------------------------- doctor
+
+MIN_MEMORY_GIB = 4.0
+MIN_DISK_GIB = 10.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of `invoke doctor`: what was checked, whether it passed, what to do if not."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+
+
+def check_resources(mem_gib: float, disk_gib: float) -> list[Check]:
+    """Memory and disk against what the stack needs."""
+    return [
+        Check(
+            "memory",
+            mem_gib >= MIN_MEMORY_GIB,
+            f"{mem_gib:.1f} GiB available"
+            + (
+                ""
+                if mem_gib >= MIN_MEMORY_GIB
+                else f"; the stack needs {MIN_MEMORY_GIB:.0f} "
+                "GiB: stop other containers or give Docker more memory"
+            ),
+        ),
+        Check(
+            "disk",
+            disk_gib >= MIN_DISK_GIB,
+            f"{disk_gib:.1f} GiB free for Docker"
+            + (
+                ""
+                if disk_gib >= MIN_DISK_GIB
+                else f"; {MIN_DISK_GIB:.0f} GiB needed: `docker system prune` frees space"
+            ),
+        ),
+    ]
+
+
+def check_cgroup(version: str) -> Check:
+    ok = version in ("1", "2")
+    return Check(
+        "cgroups",
+        ok,
+        f"cgroup v{version}"
+        if ok
+        else "unknown cgroup version: k3s "
+        "needs cgroup v1 or v2 with the cpu and memory controllers",
+    )
+
+
+def memory_available_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024**2
+    return 0.0
+
+
+def probe_privileged(image: str) -> Check:
+    """Whether the engine runs privileged containers (k3s needs them)."""
+    result = subprocess.run(
+        ["docker", "run", "--rm", "--privileged", "--entrypoint", "true", image],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if result.returncode == 0:
+        return Check("privileged", True, "the engine runs privileged containers (k3s needs them)")
+    lines = result.stderr.strip().splitlines() or ["refused"]
+    reason = next((ln for ln in lines if "rror" in ln), lines[0])[-160:]
+    return Check(
+        "privileged",
+        False,
+        f"the engine refuses privileged containers ({reason}): k3s "
+        "cannot run here; IMAGES=local runs the rest without it",
+    )
+
+
+def probe_pull(image: str) -> Check:
+    """Whether pinned upstream images can be pulled (else IMAGES=local)."""
+    try:
+        result = subprocess.run(
+            ["docker", "pull", "--quiet", image],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        ok, why = result.returncode == 0, (result.stderr.strip().splitlines() or [""])[-1][-160:]
+    except subprocess.TimeoutExpired:
+        ok, why = False, "timed out after 60 s"
+    if ok:
+        return Check("image pulls", True, f"{image} pulled: IMAGES=upstream works")
+    return Check(
+        "image pulls",
+        False,
+        f"cannot pull {image} ({why}): use IMAGES=local "
+        "(images built from Debian/PyPI packages, tasks run without k3s)",
+    )
+
+
+@task(help={"pull": "also try to pull a pinned upstream image (network)"})
+@docker_errors
+def doctor(c: Context, pull: bool = True) -> None:
+    """Check the machine before anything starts: Docker, compose, memory, disk, ports, k3s needs."""
+    cfg = settings()
+    checks: list[Check] = []
+    try:
+        check_docker()
+        checks.append(Check("docker", True, "engine and compose v2 answer"))
+    except Exit as exc:
+        checks.append(Check("docker", False, str(exc.message)))
+        print("\n".join(c.line() for c in checks))
+        raise Exit("doctor: 1 check failed", code=1) from None
+    info = json.loads(
+        subprocess.run(
+            ["docker", "info", "--format", "{{json .}}"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    compose_version = subprocess.run(
+        ["docker", "compose", "version", "--short"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    checks.append(
+        Check(
+            "versions",
+            True,
+            f"engine {info.get('ServerVersion')}, compose "
+            f"{compose_version}, {info.get('OperatingSystem')}",
+        )
+    )
+    disk = shutil.disk_usage(info.get("DockerRootDir") or "/").free / 1024**3
+    checks += check_resources(memory_available_gib(), disk)
+    docker = compose(cfg)
+    conflicts = port_conflicts(cfg, running_services(docker), port_taken)
+    checks.append(
+        Check(
+            "ports",
+            not conflicts,
+            "; ".join(conflicts)
+            or ", ".join(
+                f"{cfg.ports[name]} ({service})"
+                for name, (_d, service) in PORTS.items()
+                if service != "k3s" or cfg.k3s
+            )
+            + " free or ours",
+        )
+    )
+    checks.append(check_cgroup(str(info.get("CgroupVersion", ""))))
+    probe_image = next(
+        (i for i in (LOCAL_DEBIAN_IMAGE, cfg.airflow_image) if DockerClient().image.exists(i)), ""
+    )
+    if probe_image:
+        checks.append(probe_privileged(probe_image))
+    else:
+        checks.append(
+            Check(
+                "privileged",
+                cfg.images == "local",
+                "not probed yet (no image built): run `invoke build` first"
+                if cfg.images != "local"
+                else "not needed with IMAGES=local",
+            )
+        )
+    if pull:
+        checks.append(probe_pull("registry:2.8.3"))
+    if cfg.images == "local":  # k3s and upstream images are not used in this mode
+        checks = [
+            Check(c.name, True, f"not needed with IMAGES=local ({c.detail})")
+            if not c.ok and c.name in ("image pulls", "privileged")
+            else c
+            for c in checks
+        ]
+    print("\n".join(check.line() for check in checks))
+    failed = [check.name for check in checks if not check.ok]
+    if failed:
+        raise Exit(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}", code=1)
+    print(f"doctor: ready for IMAGES={cfg.images}")

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -109,6 +110,19 @@ class Stack:
             aws_access_key_id=cfg.secrets["S3_ACCESS_KEY"],
             aws_secret_access_key=cfg.secrets["S3_SECRET_KEY"],
         )
+
+    def s3_object(self, bucket: str, key: str, timeout: float = 60) -> bytes:
+        """An object's bytes, waiting for it: a worker uploads its task log after the task's state
+        is already success (Airflow 3's supervisor uploads when the task process has exited)."""
+        s3 = self.s3()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            except s3.exceptions.NoSuchKey:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     def api(self) -> tasks.AirflowAPI:
         cfg = self.settings

@@ -76,8 +76,7 @@ def test_s3_object_equals_what_mockserver_served(stack: Stack, demo_run: str) ->
 
 
 def test_task_logs_are_in_s3(stack: Stack, demo_run: str) -> None:
-    s3 = stack.s3()
     for task_id in sorted(TASKS):
         key = f"logs/dag_id={DAG}/run_id={demo_run}/task_id={task_id}/attempt=1.log"
-        assert s3.get_object(Bucket="airflow-logs", Key=key)["Body"].read().strip()
+        assert stack.s3_object("airflow-logs", key).strip()
         assert stack.api().task_log(DAG, demo_run, task_id, 1).strip()

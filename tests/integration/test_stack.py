@@ -117,11 +117,10 @@ def test_s3_object_equals_what_the_endpoint_served(stack: Stack, demo_run: str) 
 
 
 def test_every_task_log_is_in_s3_and_readable_through_the_api(stack: Stack, demo_run: str) -> None:
-    s3 = stack.s3()
     api = stack.api()
     for task_id in sorted(TASKS):
         key = f"logs/dag_id={DAG}/run_id={demo_run}/task_id={task_id}/attempt=1.log"
-        text = s3.get_object(Bucket="airflow-logs", Key=key)["Body"].read().decode()
+        text = stack.s3_object("airflow-logs", key).decode()
         assert "Done. Returned value was" in text, f"{task_id}'s log in S3 is incomplete"
         through_api = api.task_log(DAG, demo_run, task_id, 1)
         assert f"s3://airflow-logs/{key}" in through_api, "the api-server read the log from S3"
