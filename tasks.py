@@ -32,6 +32,7 @@ from python_on_whales.exceptions import DockerException
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "airflow"))
+sys.path.insert(1, str(ROOT / "dags"))
 import airflow_k3s as ak  # noqa: E402  (shared with the Airflow containers)
 
 DEMO_DAG = "demo_rest_to_s3"
@@ -898,14 +899,30 @@ def demo(c: Context, timeout: int = 600) -> None:
     say(f"triggered {DEMO_DAG}: run {run_id}")
     if follow_run(cfg, client, DEMO_DAG, run_id, timeout) != "success":
         raise Exit(f"the demo run {run_id} failed (log above)", code=1)
-    print("\nWorker pods that ran the tasks:")
-    status(c)
+    print(f"\nPods of {DEMO_DAG} (one per task):")
+    show_pods(cfg, DEMO_DAG)
     show_demo_object(cfg, run_id)
 
 
+def show_pods(cfg: Settings, dag_id: str) -> None:
+    """The worker pods of a DAG: kubectl in k3s, the stand-in's containers with IMAGES=local."""
+    if cfg.k3s:
+        args = ["get", "pods", "-l", f"dag_id={dag_id}", "-L", "task_id,try_number", "-o", "wide"]
+        subprocess.run(kubectl_cmd(cfg, args), check=False)
+        return
+    for pod in standin_pods(compose(cfg), cfg, f"pod.label/dag_id={dag_id}"):
+        labels = pod.config.labels or {}
+        digest = labels.get("airflow-k3s.image-digest", "?").rsplit("@", 1)[-1]
+        print(
+            f"  {pod.name:42} task={labels.get('pod.label/task_id', '?'):8} "
+            f"{pod.state.status} exit={pod.state.exit_code} image=…@{digest[:19]}"
+        )
+
+
 def show_demo_object(cfg: Settings, run_id: str) -> None:
-    """Print the object the demo wrote to S3 (read from the host through the published port)."""
+    """Print the object this demo run wrote to S3 (read from the host, published port)."""
     import boto3
+    from demo_lib import object_key
 
     s3 = boto3.client(
         "s3",
@@ -914,14 +931,14 @@ def show_demo_object(cfg: Settings, run_id: str) -> None:
         aws_access_key_id=cfg.secrets["S3_ACCESS_KEY"],
         aws_secret_access_key=cfg.secrets["S3_SECRET_KEY"],
     )
-    listing = s3.list_objects_v2(Bucket="airflow-data", Prefix="orders/")
-    for obj in listing.get("Contents", []):
-        body = s3.get_object(Bucket="airflow-data", Key=obj["Key"])["Body"].read()
-        print(
-            f"s3://airflow-data/{obj['Key']}  {obj['Size']} bytes  "
-            f"sha256={hashlib.sha256(body).hexdigest()[:16]}…"
-        )
-    print(f"(run {run_id}; UI: {cfg.airflow_url})")
+    key = object_key(run_id)
+    body = s3.get_object(Bucket="airflow-data", Key=key)["Body"].read()
+    orders = json.loads(body).get("orders", [])
+    print(
+        f"\nS3 object: s3://airflow-data/{key}  {len(body)} bytes, {len(orders)} orders, "
+        f"sha256 {hashlib.sha256(body).hexdigest()[:16]}…"
+    )
+    print(f"UI: {cfg.airflow_url}/dags/{DEMO_DAG}")
 
 
 @task
