@@ -41,6 +41,7 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 LOCAL_DEBIAN_IMAGE = "airflow-k3s/debian:bookworm-local"
 LOCAL_PYTHON_IMAGE = "airflow-k3s/python:3.11-local"
 STANDIN_LABEL = "airflow-k3s.standin=pod"
+K3S_KUBECONFIG = "/output/kubeconfig.yaml"  # K3S_KUBECONFIG_OUTPUT in docker-compose.yml
 #: Published ports: variable, default, service. Every one binds to 127.0.0.1.
 PORTS = {
     "AIRFLOW_PORT": (8080, "airflow-apiserver"),
@@ -826,16 +827,34 @@ def push(c: Context) -> None:
     print(push_worker(cfg))
 
 
-@task
+def read_k3s_kubeconfig(docker: DockerClient, timeout: float) -> str:
+    """The kubeconfig k3s writes at start, waiting up to ``timeout`` seconds for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            raw = str(docker.compose.execute("k3s", ["cat", K3S_KUBECONFIG], tty=False))
+            if raw.strip():
+                return raw
+        except DockerException:
+            pass
+        if time.monotonic() > deadline:
+            raise Exit(
+                f"k3s did not write its kubeconfig ({K3S_KUBECONFIG}) within {timeout:.0f} "
+                "s: see `invoke logs --service k3s`",
+                code=10,
+            )
+        time.sleep(2)
+
+
+@task(help={"timeout": "seconds to wait for k3s to write its kubeconfig"})
 @docker_errors
-def kubeconfig(c: Context) -> None:
+def kubeconfig(c: Context, timeout: int = 120) -> None:
     """Rewrite k3s's kubeconfig: a copy for the host and one for containers (.generated/)."""
     check_docker()
     cfg = settings()
     require_k3s(cfg, "kubeconfig")
     require_running(cfg, "k3s")
-    raw = str(compose(cfg).compose.execute("k3s", ["cat", "/output/kubeconfig.yaml"], tty=False))
-    host, containers = write_kubeconfigs(cfg, raw)
+    host, containers = write_kubeconfigs(cfg, read_k3s_kubeconfig(compose(cfg), timeout))
     say(f"kubeconfig for the host: {host} (export KUBECONFIG={host}); containers: {containers}")
 
 

@@ -150,6 +150,9 @@ class Stack:
         print("=" * 30, f"diagnostics of project {self.project}", "=" * 30)
         self.invoke("status", timeout=120)
         self.invoke("logs", "--tail", "80", timeout=120)
+        if self.images == "upstream":  # k3s: the pods' descriptions and the cluster's events
+            self.invoke("kubectl", "--", "describe", "pods", timeout=120)
+            self.invoke("kubectl", "--", "get", "events", "-A", "--sort-by=.lastTimestamp")
 
 
 @contextmanager

@@ -21,6 +21,7 @@ import yaml
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import Task
+from python_on_whales.exceptions import DockerException
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -441,3 +442,22 @@ def test_invoke_list_shows_the_tasks() -> None:
     assert result.returncode == 0, result.stderr
     for name in ("up", "down", "clean", "trigger-dag", "kubectl", "doctor", "demo"):
         assert f"\n  {name} " in result.stdout
+
+
+class _NoKubeconfigYet:
+    """Stands in for python-on-whales' DockerClient: `compose exec k3s cat` fails every time."""
+
+    class compose:  # mirrors DockerClient.compose
+        @staticmethod
+        def execute(*_args: Any, **_kwargs: Any) -> str:
+            raise DockerException(["docker", "compose", "exec"], 1, b"", b"No such file")
+
+
+def test_kubeconfig_not_written_in_time_is_one_clear_line() -> None:
+    with pytest.raises(Exit) as exc:
+        tasks.read_k3s_kubeconfig(_NoKubeconfigYet(), timeout=0)  # type: ignore[arg-type]
+    assert exc.value.code == 10
+    assert str(exc.value.message) == (
+        "k3s did not write its kubeconfig (/output/kubeconfig.yaml) within 0 s: "
+        "see `invoke logs --service k3s`"
+    )
