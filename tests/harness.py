@@ -98,6 +98,23 @@ class Stack:
         print(result.stdout[-4000:], result.stderr[-8000:], sep="\n")
         return result
 
+    def push(self) -> str:
+        """`invoke push` (idempotent): the digest the registry holds for the worker image."""
+        result = self.invoke("push")
+        assert result.returncode == 0, result.stderr
+        digest = result.stdout.strip().splitlines()[-1]
+        assert digest.startswith("sha256:"), result.stdout
+        return digest
+
+    def run_dag(self, dag_id: str, timeout: int = 600) -> str:
+        """`invoke trigger-dag DAG --wait`, which must succeed; the run id."""
+        result = self.invoke(
+            "trigger-dag", dag_id, "--wait", "--timeout", str(timeout), timeout=timeout + 120
+        )
+        assert result.returncode == 0, f"{dag_id} failed:\n{result.stderr[-6000:]}"
+        assert "ended: success" in result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
     def docker(self) -> DockerClient:
         return tasks.compose(self.settings)
 

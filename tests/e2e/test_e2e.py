@@ -21,16 +21,14 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture(scope="module")
 def pushed_digest(stack: Stack) -> str:
-    result = stack.invoke("push")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
+    """The worker image's digest in the registry (`invoke push` again: idempotent)."""
+    return stack.push()
 
 
 @pytest.fixture(scope="module")
 def demo_run(stack: Stack, pushed_digest: str) -> str:
-    result = stack.invoke("trigger-dag", DAG, "--wait", "--timeout", "900")
-    assert result.returncode == 0, f"demo DAG failed:\n{result.stderr[-6000:]}"
-    return result.stdout.strip().splitlines()[-1]
+    """The demo DAG run to success through the task library (after the push)."""
+    return stack.run_dag(DAG, timeout=900)
 
 
 def kubectl_json(stack: Stack, *args: str) -> Any:

@@ -22,21 +22,14 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture(scope="module")
 def pushed_digest(stack: Stack) -> str:
-    """`invoke push` again: idempotent, prints the digest the registry holds."""
-    result = stack.invoke("push")
-    assert result.returncode == 0, result.stderr
-    digest = result.stdout.strip().splitlines()[-1]
-    assert digest.startswith("sha256:"), result.stdout
-    return digest
+    """The worker image's digest in the registry (`invoke push` again: idempotent)."""
+    return stack.push()
 
 
 @pytest.fixture(scope="module")
 def demo_run(stack: Stack, pushed_digest: str) -> str:
-    """Trigger the demo DAG through the task library and wait for it; it must succeed."""
-    result = stack.invoke("trigger-dag", DAG, "--wait", "--timeout", "600")
-    assert result.returncode == 0, f"demo DAG failed:\n{result.stderr[-6000:]}"
-    assert "ended: success" in result.stderr
-    return result.stdout.strip().splitlines()[-1]
+    """The demo DAG run to success through the task library (after the push)."""
+    return stack.run_dag(DAG, timeout=600)
 
 
 def test_every_service_is_healthy_on_loopback_ports(stack: Stack) -> None:
