@@ -34,8 +34,8 @@ demo: $(VENV)/.synced ## Start the stack and run the demo DAG to success
 	$(BIN)/invoke demo
 
 .PHONY: test
-test: $(VENV)/.synced ## Lint, unit and integration tests (integration needs Docker)
-	$(BIN)/nox -s lint unit integration
+test: $(VENV)/.synced ## Lint, unit, integration and fault tests (the last two need Docker)
+	$(BIN)/nox -s lint unit integration faults
 
 .PHONY: lint
 lint: $(VENV)/.synced ## ruff, mypy, yamllint, hadolint, shellcheck, k8s schemas

@@ -510,6 +510,9 @@ def parse_conf(conf: str) -> dict[str, Any]:
 class AirflowAPI:
     """A small client of Airflow's REST API v2 (simple auth manager login)."""
 
+    #: Seconds a new DAG file may take to appear (the dag-processor refreshes every 10 s).
+    GRACE = 15.0
+
     def __init__(
         self,
         base_url: str,
@@ -540,15 +543,20 @@ class AirflowAPI:
         return list(self.get("/api/v2/importErrors", limit=100)["import_errors"])
 
     def find_dag(self, dag_id: str, timeout: float) -> None:
-        """Wait for ``dag_id`` to be parsed; fail clearly with import errors or the known DAGs."""
-        deadline = time.monotonic() + timeout
+        """Wait for ``dag_id`` to be parsed; fail clearly with import errors or the known DAGs.
+
+        With no DAG parsed yet it waits up to ``timeout``; once others are known, one refresh of
+        the dag-processor (GRACE seconds) is enough for a new file to show up or fail to import.
+        """
+        started = time.monotonic()
         while True:
             response = self.http.get(f"/api/v2/dags/{dag_id}")
             if response.status_code == 200:
                 return
             errors = self.import_errors()
             known = self.dag_ids()
-            if errors or known or time.monotonic() > deadline:
+            waited = time.monotonic() - started
+            if errors or waited > timeout or (known and waited > min(timeout, self.GRACE)):
                 break
             time.sleep(2)
         lines = [f"{e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}" for e in errors]
@@ -588,7 +596,11 @@ def render_log(content: list[Any]) -> str:
             lines.append(str(item))
             continue
         level = f"[{item['level']}]" if item.get("level") else ""
-        parts = (str(item.get("timestamp") or ""), level, str(item.get("event", "")))
+        event = str(item.get("event", ""))
+        details = item.get("error_detail")
+        if isinstance(details, list) and details and isinstance(details[0], dict):
+            event += f": {details[0].get('exc_type', '')}: {details[0].get('exc_value', '')}"
+        parts = (str(item.get("timestamp") or ""), level, event)
         lines.append(" ".join(p for p in parts if p))
     return "\n".join(lines)
 
@@ -632,30 +644,52 @@ def follow_run(cfg: Settings, client: AirflowAPI, dag_id: str, run_id: str, time
             if ti.get("state") == "failed" and ti.get("try_number"):
                 try_number = int(ti["try_number"])
                 print(f"----- log of {task_id} (try {try_number})", file=sys.stderr)
-                print(client.task_log(dag_id, run_id, task_id, try_number), file=sys.stderr)
-                print_pod_diagnostics(cfg, dag_id, task_id)
+                try:
+                    log = client.task_log(dag_id, run_id, task_id, try_number)
+                except httpx.HTTPError as exc:
+                    log = (
+                        f"(task log not readable through the API: {exc}; the pod's output: "
+                        f"invoke pod-logs {task_id} --dag-id {dag_id} --run-id {run_id})"
+                    )
+                print(log, file=sys.stderr)
+                print_pod_diagnostics(cfg, dag_id, task_id, run_id)
     return state
 
 
-def print_pod_diagnostics(cfg: Settings, dag_id: str, task_id: str) -> None:
-    """The worker pod's status and events (k3s), or the stand-in container's (IMAGES=local)."""
+def print_pod_diagnostics(cfg: Settings, dag_id: str, task_id: str, run_id: str = "") -> None:
+    """The worker pod's status and events (k3s: `kubectl describe`, ErrImagePull included), or
+    (IMAGES=local) the stand-in's: pods that could not start (pull errors, from the scheduler's
+    log) and the newest container of the task with the error lines of its output."""
+    selector = {"dag_id": dag_id, "task_id": task_id}
+    if run_id:
+        selector["run_id"] = pod_label_value(run_id)
     if cfg.k3s:
-        selector = f"dag_id={dag_id},task_id={task_id}"
-        subprocess.run(kubectl_cmd(cfg, ["describe", "pods", "-l", selector]), check=False)
+        wanted = ",".join(f"{k}={v}" for k, v in selector.items())
+        subprocess.run(kubectl_cmd(cfg, ["describe", "pods", "-l", wanted]), check=False)
         return
     docker = compose(cfg)
-    for container in standin_pods(docker, cfg, f"pod.label/task_id={task_id}"):
+    for line in standin_launch_errors(docker, dag_id, task_id, run_id)[-2:]:
+        print(f"----- {line}", file=sys.stderr)
+    pods = standin_pods(docker, cfg, *(f"pod.label/{k}={v}" for k, v in selector.items()))
+    for container in pods[:1]:
+        labels = container.config.labels or {}
         print(
-            f"----- stand-in pod {container.name}: {container.state.status} "
-            f"(exit {container.state.exit_code}, {container.state.error or 'no error'})",
+            f"----- stand-in pod {container.name} (try {labels.get('pod.label/try_number', '?')}, "
+            f"created {str(container.created)[:19]}): {container.state.status} "
+            f"(exit {container.state.exit_code}, {container.state.error or 'no error'}); "
+            f"its output: `invoke pod-logs {task_id} --dag-id {dag_id}`",
             file=sys.stderr,
         )
+        output = str(docker.container.logs(container, tail=300)).splitlines()
+        for line in [ln for ln in map(render_pod_line, output) if "[error]" in ln][-8:]:
+            print(f"      {line}", file=sys.stderr)
 
 
 def standin_pods(docker: DockerClient, cfg: Settings, *labels: str) -> list[Any]:
-    """Containers the stand-in executor ran for this project (IMAGES=local)."""
+    """Containers the stand-in executor ran for this project (IMAGES=local), newest first."""
     wanted = [STANDIN_LABEL, f"airflow-k3s.project={cfg.project}", *labels]
-    return list(docker.container.list(all=True, filters=[("label", w) for w in wanted]))
+    found = docker.container.list(all=True, filters=[("label", w) for w in wanted])
+    return sorted(found, key=lambda c: str(c.created), reverse=True)
 
 
 # --------------------------------------------------------------------------- kubectl
@@ -1051,7 +1085,8 @@ def probe_privileged(image: str) -> Check:
     if result.returncode == 0:
         return Check("privileged", True, "the engine runs privileged containers (k3s needs them)")
     lines = result.stderr.strip().splitlines() or ["refused"]
-    reason = next((ln for ln in lines if "rror" in ln), lines[0])[-160:]
+    reason = next((ln for ln in lines if "rror" in ln), lines[0])
+    reason = reason.split("Error response from daemon:")[-1].strip()[:200]
     return Check(
         "privileged",
         False,
@@ -1159,3 +1194,121 @@ def doctor(c: Context, pull: bool = True) -> None:
     if failed:
         raise Exit(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}", code=1)
     print(f"doctor: ready for IMAGES={cfg.images}")
+
+
+# --------------------------------------------------------------------------- worker pod output
+
+
+def pod_label_value(value: str) -> str:
+    """A value as the KubernetesExecutor puts it in a pod label (the provider's
+    ``make_safe_label_value``): run ids lose ':' and '+' and get a short hash."""
+    import re
+
+    safe = re.sub(r"^[^a-z0-9A-Z]*|[^a-zA-Z0-9_\-\.]|[^a-z0-9A-Z]*$", "", value)
+    if len(safe) > 63 or safe != value:
+        digest = hashlib.md5(value.encode()).hexdigest()[:9]  # a label, not security
+        safe = safe[: 63 - len(digest) - 1] + "-" + digest
+    return safe
+
+
+def render_pod_line(line: str) -> str:
+    """A line of a worker pod's output (Airflow logs JSON) as 'time [level] event: error'."""
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(item, dict) or "event" not in item:
+        return line
+    text = f"{item.get('timestamp', '')} [{item.get('level', '')}] {item['event']}"
+    for key in ("error_detail", "exception"):
+        details = item.get(key)
+        if isinstance(details, list) and details and isinstance(details[0], dict):
+            text += f": {details[0].get('exc_type', '')}: {details[0].get('exc_value', '')}"
+    if item.get("final_state"):
+        text += f" (final_state={item['final_state']}, exit_code={item.get('exit_code')})"
+    return text
+
+
+def standin_launch_errors(
+    docker: DockerClient, dag_id: str, task_id: str, run_id: str = ""
+) -> list[str]:
+    """Pods the stand-in executor could not start (e.g. the image pull failed), as the scheduler
+    logged them: there is no container to look at then (IMAGES=local)."""
+    import re
+
+    pattern = re.compile(
+        r"Pod (\S+) for TaskInstanceKey\(dag_id='([^']*)', task_id='([^']*)', "
+        r"run_id='([^']*)', try_number=(\d+)[^)]*\) failed to start: (.*?)"
+        r"(?:\s+\[docker_pod_executor[^\]]*\].*)?$"
+    )
+    try:
+        text = str(docker.compose.logs("airflow-scheduler", tail="3000", no_log_prefix=True))
+    except DockerException:
+        return []
+    found = []
+    for line in text.splitlines():
+        match = pattern.search(line)
+        if match is None:
+            continue
+        pod, dag, tsk, run, try_number, error = match.groups()
+        if (dag, tsk) == (dag_id, task_id) and run_id in ("", run):
+            found.append(
+                f"stand-in pod {pod} (run {run}, try {try_number}) failed to start: {error}"
+            )
+    return found
+
+
+@task(
+    positional=["task_id"],
+    help={
+        "task_id": "the task whose pod output to show, e.g. upload",
+        "dag_id": "its DAG",
+        "run_id": "the run (default: the newest run that has a pod of this task)",
+        "try_number": "one try only (default: every try of the run)",
+        "tail": "lines from the end of each pod's output",
+    },
+)
+@docker_errors
+def pod_logs(
+    c: Context,
+    task_id: str,
+    dag_id: str = DEMO_DAG,
+    run_id: str = "",
+    try_number: int = 0,
+    tail: int = 200,
+) -> None:
+    """Print a task's worker pod output (kubectl logs; IMAGES=local: the stand-in container's)."""
+    check_docker()
+    cfg = settings()
+    selector = {"dag_id": dag_id, "task_id": task_id}
+    if run_id:
+        selector["run_id"] = pod_label_value(run_id)
+    if try_number:
+        selector["try_number"] = str(try_number)
+    if cfg.k3s:
+        wanted = ",".join(f"{k}={v}" for k, v in selector.items())
+        args = ["logs", "-l", wanted, "--prefix", f"--tail={tail}", "--max-log-requests=20"]
+        code = subprocess.run(kubectl_cmd(cfg, args), check=False).returncode
+        if code:
+            raise Exit(code=code)
+        return
+    docker = compose(cfg)
+    pods = standin_pods(docker, cfg, *(f"pod.label/{k}={v}" for k, v in selector.items()))
+    if pods and not run_id:  # the newest run only
+        newest = (pods[0].config.labels or {}).get("pod.label/run_id")
+        pods = [p for p in pods if (p.config.labels or {}).get("pod.label/run_id") == newest]
+    if not pods:
+        errors = standin_launch_errors(docker, dag_id, task_id, run_id)
+        raise Exit(
+            f"no worker pod of {dag_id}.{task_id} was found"
+            + (f" ({errors[-1]})" if errors else "; `invoke status` lists the pods"),
+            code=4,
+        )
+    for pod in reversed(pods):  # oldest try first
+        labels = pod.config.labels or {}
+        print(
+            f"----- pod {pod.name} (run label {labels.get('pod.label/run_id')}, try "
+            f"{labels.get('pod.label/try_number')}, {pod.state.status}, exit {pod.state.exit_code})"
+        )
+        for line in str(docker.container.logs(pod, tail=tail)).splitlines():
+            print(render_pod_line(line))

@@ -461,3 +461,38 @@ def test_kubeconfig_not_written_in_time_is_one_clear_line() -> None:
         "k3s did not write its kubeconfig (/output/kubeconfig.yaml) within 0 s: "
         "see `invoke logs --service k3s`"
     )
+
+
+def test_render_log_keeps_the_exception_of_an_error_line() -> None:
+    item = {
+        "level": "error",
+        "event": "Task failed with exception",
+        "error_detail": [{"exc_type": "EndpointConnectionError", "exc_value": "no s3"}],
+    }
+    assert tasks.render_log([item]) == (
+        "[error] Task failed with exception: EndpointConnectionError: no s3"
+    )
+
+
+def test_find_dag_waits_one_refresh_for_a_new_file(monkeypatch: Any) -> None:
+    clock = iter(range(0, 1000, 5))
+    monkeypatch.setattr("tasks.time.monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr("tasks.time.sleep", lambda _s: None)
+    polls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/auth/token":
+            return httpx.Response(201, json={"access_token": "t"})
+        polls.append(request.url.path)
+        if request.url.path == "/api/v2/dags":
+            return httpx.Response(200, json={"dags": [{"dag_id": "demo"}]})
+        if request.url.path == "/api/v2/importErrors":
+            return httpx.Response(200, json={"import_errors": []})
+        return httpx.Response(404, json={})
+
+    api = tasks.AirflowAPI("http://a", "pw", transport=httpx.MockTransport(handler))
+    with pytest.raises(Exit) as exc:
+        api.find_dag("new_dag", timeout=90)
+    assert polls.count("/api/v2/dags/new_dag") > 1, "it waited for the dag-processor"
+    assert polls.count("/api/v2/dags/new_dag") < 10, "but not the whole parse timeout"
+    assert exc.value.code == 6

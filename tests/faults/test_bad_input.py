@@ -1,0 +1,135 @@
+"""Bad input against a running stack: each gets one clear line and a non-zero exit, fast.
+
+Covered in tests/integration already: an unknown DAG id, --conf that is not JSON or not an
+object, kubectl without k3s, a stack that is not running.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from faults.faultlib import DAG, one_line_error, variant, wait_for
+from harness import ROOT, Stack, free_port
+
+pytestmark = pytest.mark.docker
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def test_dag_file_that_fails_to_import(stack: Stack) -> None:
+    name = f"fault_broken_{uuid.uuid4().hex[:8]}"
+    path = ROOT / "dags" / f"{name}.py"
+    path.write_text(
+        '"""Written by tests/faults/test_bad_input.py and removed by it: fails to import."""\n'
+        "from airflow.sdk import dag\n"
+        f"import no_such_module_{name}  # noqa: F401\n\n\n"
+        f'@dag(dag_id="{name}", schedule=None)\n'
+        f"def {name}() -> None: ...\n"
+    )
+    try:
+        api = stack.api()
+        # The dag-processor lists the folder every 10 s (AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL).
+        wait_for(
+            f"the import error of {path.name}",
+            lambda: any(path.name in e["filename"] for e in api.import_errors()),
+            timeout=120,
+            poll=2,
+        )
+        result = stack.invoke("trigger-dag", name)
+        line = one_line_error(result)
+        assert result.returncode == 6
+        assert f"unknown DAG id {name!r}" in line
+        assert (
+            f"DAG files that fail to import: {path.name}: ModuleNotFoundError: "
+            f"No module named 'no_such_module_{name}'"
+        ) in line
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_host_port_already_taken(stack: Stack, tmp_path: Path) -> None:
+    project = f"airflow-k3s-fault-port-{uuid.uuid4().hex[:6]}"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        names = ("AIRFLOW_PORT", "REGISTRY_PORT", "MOCKSERVER_PORT")
+        ports = {name: str(free_port()) for name in names}
+        other = variant(
+            stack,
+            COMPOSE_PROJECT_NAME=project,
+            AIRFLOW_K3S_STATE_DIR=str(tmp_path),
+            S3_PORT=str(taken),
+            **ports,
+        )
+        result = other.invoke("up", timeout=300)
+    line = one_line_error(result)
+    assert result.returncode == 9
+    assert line == (
+        f"port {taken} (s3) is already in use: free it or set S3_PORT=<free port> in the "
+        "environment or .env"
+    )
+    assert other.leftovers() == [], "nothing was started"
+
+
+def test_wrong_password_in_env(stack: Stack, tmp_path: Path) -> None:
+    env_text = (stack.state_dir / ".env").read_text()
+    real = stack.settings.secrets["AIRFLOW_ADMIN_PASSWORD"]
+    (tmp_path / ".env").write_text(env_text.replace(real, "not-the-password"))
+    other = variant(stack, AIRFLOW_K3S_STATE_DIR=str(tmp_path))
+    result = other.invoke("trigger-dag", DAG)
+    line = one_line_error(result)
+    assert result.returncode == 5
+    assert line == (
+        f"login as 'admin' was refused by {stack.settings.airflow_url}: the password in .env "
+        "(AIRFLOW_ADMIN_PASSWORD) does not match the running stack"
+    )
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        ('{"a": 1} trailing', '--conf is not valid JSON (Extra data at character 9): {"a": 1}'),
+        ("null", "--conf must be a JSON object like '{\"key\": 1}', not null"),
+    ],
+)
+def test_malformed_conf(stack: Stack, conf: str, message: str) -> None:
+    result = stack.invoke("trigger-dag", DAG, "--conf", conf)
+    assert message in one_line_error(result)
+    assert result.returncode == 2
+
+
+def test_unknown_task_library_option(stack: Stack) -> None:
+    result = stack.invoke("up", "--no-such-flag")
+    assert one_line_error(result) == "No idea what '--no-such-flag' is!"
+    assert result.returncode == 1
+
+
+def test_worker_image_missing_from_the_registry(stack: Stack) -> None:
+    registry = f"http://127.0.0.1:{stack.settings.ports['REGISTRY_PORT']}/v2/airflow-worker"
+    head = httpx.head(f"{registry}/manifests/latest", headers={"Accept": MANIFEST_V2})
+    digest = head.headers["Docker-Content-Digest"]
+    assert httpx.delete(f"{registry}/manifests/{digest}").status_code == 202
+    try:
+        assert httpx.head(f"{registry}/manifests/latest").status_code == 404
+        started = time.monotonic()
+        result = stack.invoke("trigger-dag", DAG, "--wait", "--timeout", "300")
+        took = time.monotonic() - started
+        assert result.returncode == 1
+        assert took < 120, f"the run took {took:.0f} s to fail: it should fail fast"
+        assert re.search(r"fetch: \S+ -> failed", result.stderr)
+        assert "ended: failed" in result.stderr
+        # The pull error, as the stand-in executor logged it (there is no container to show).
+        assert "failed to start: pull of 127.0.0.1:" in result.stderr
+        assert "/airflow-worker:latest failed: manifest for" in result.stderr
+        assert "manifest unknown" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        pushed = stack.invoke("push", timeout=300)
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.strip().splitlines()[-1] == digest, "the same image is back"

@@ -1,0 +1,190 @@
+"""Security of a real install: per-install secrets, private files, loopback ports, privileges,
+users, and no default credentials. Reads `docker compose config` of both image sources, the running
+stack (IMAGES=local) and the worker containers the stand-in built from the generated pod spec.
+
+Static rules of the compose files are in tests/unit/test_compose.py; these check what compose and
+Docker actually resolve and run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import airflow_k3s as ak
+import boto3
+import httpx
+import pytest
+from botocore.exceptions import ClientError
+from faults.faultlib import DAG, variant
+from harness import Stack
+
+import tasks
+
+pytestmark = pytest.mark.docker
+AIRFLOW_SERVICES = {
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+}
+#: uid:gid of PID 1 of each running service of the local stack, and why.
+LOCAL_USERS = {
+    "postgres": "999:999",  # the image's postgres user
+    "s3": "1000:1000",  # the image's weed user
+    "registry": "10002:10002",
+    "mockserver": "10001:10001",
+    "airflow-apiserver": "50000:0",  # the Airflow image's user, set in x-airflow-common
+    "airflow-dag-processor": "50000:0",
+    "airflow-triggerer": "50000:0",
+    # IMAGES=local only: the stand-in executor drives Docker through its socket (root in k3s
+    # mode it is 50000:0, see the upstream config below).
+    "airflow-scheduler": "0:0",
+}
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def compose_config(stack: Stack, images: str) -> dict[str, Any]:
+    """`docker compose config` as the task library runs compose for ``images``."""
+    cfg = tasks.Settings.load(environ={**stack.env, "IMAGES": images})
+    env = {**stack.env, **cfg.compose_env}
+    if images == "upstream":
+        env.pop("PYTHON_BASE_IMAGE", None)
+    cmd = ["docker", "compose", "--project-directory", str(cfg.root), "-p", cfg.project]
+    for file in cfg.compose_files:
+        cmd += ["-f", str(file)]
+    cmd += ["--env-file", str(cfg.env_file), "config", "--format", "json"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
+
+
+@pytest.fixture(scope="module")
+def demo_pods(stack: Stack) -> list[Any]:
+    """The worker containers of one successful demo run (built from the generated pod spec)."""
+    result = stack.invoke("trigger-dag", DAG, "--wait", "--timeout", "400")
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_id = result.stdout.strip().splitlines()[-1]
+    pods = tasks.standin_pods(
+        stack.docker(), stack.settings, f"pod.label/run_id={tasks.pod_label_value(run_id)}"
+    )
+    assert len(pods) == 3, [p.name for p in pods]
+    return pods
+
+
+def test_secrets_are_generated_per_install_and_private(stack: Stack, tmp_path: Path) -> None:
+    installs = [stack.state_dir]
+    for name in ("one", "two"):
+        other = variant(stack, AIRFLOW_K3S_STATE_DIR=str(tmp_path / name))
+        result = other.invoke("secrets", timeout=120)
+        assert result.returncode == 0, result.stderr
+        installs.append(tmp_path / name)
+    values = [ak.parse_env_file((d / ".env").read_text()) for d in installs]
+    for key in ak.SECRET_KEYS:
+        seen = [v[key] for v in values]
+        assert all(len(s) >= 16 for s in seen), key
+        assert len(set(seen)) == len(seen), f"{key} is the same in two installs"
+    for state_dir in installs:
+        assert mode(state_dir / ".env") == 0o600, state_dir
+        assert mode(state_dir / ".generated" / "k3s" / "airflow-worker-env.yaml") == 0o600
+
+
+def test_kubeconfig_copies_are_private(stack: Stack, tmp_path: Path) -> None:
+    ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n")
+    raw = (
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: default\n  cluster:\n"
+        f"    certificate-authority-data: {ca.decode()}\n    server: https://127.0.0.1:6443\n"
+        "contexts:\n- name: default\n  context: {cluster: default, user: default}\n"
+        "current-context: default\nusers:\n- name: default\n  user:\n"
+        "    client-certificate-data: Y2VydA==\n    client-key-data: a2V5\n"
+    )
+    cfg = tasks.Settings.load(
+        environ={**stack.env, "AIRFLOW_K3S_STATE_DIR": str(tmp_path), "K3S_API_PORT": "16443"}
+    )
+    host, containers = tasks.write_kubeconfigs(cfg, raw)
+    assert mode(host) == 0o600
+    assert mode(containers) == 0o600
+    assert "server: https://127.0.0.1:16443" in host.read_text()
+    assert "server: https://k3s:6443" in containers.read_text()
+
+
+@pytest.mark.parametrize("images", ["upstream", "local"])
+def test_resolved_compose_config_is_locked_down(stack: Stack, images: str) -> None:
+    services = compose_config(stack, images)["services"]
+    assert ("k3s" in services) == (images == "upstream")
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", f"{images}/{name} publishes {port}"
+        assert bool(svc.get("privileged")) == (name == "k3s"), f"{images}/{name} privileged"
+        assert not svc.get("cap_add"), name
+        assert svc.get("network_mode") in (None, "default") or "host" not in svc["network_mode"]
+        sockets = [v for v in svc.get("volumes", []) if v.get("source") == "/var/run/docker.sock"]
+        root_ok = images == "local" and name == "airflow-scheduler"
+        assert bool(sockets) == root_ok, f"{images}/{name} mounts the Docker socket"
+        if name in AIRFLOW_SERVICES:
+            assert svc["user"] == ("0:0" if root_ok else "50000:0"), f"{images}/{name}"
+    published = {name for name, svc in services.items() if svc.get("ports")}
+    assert "postgres" not in published, "the metadata DB is not published"
+
+
+def test_running_containers_users(stack: Stack) -> None:
+    docker = stack.docker()
+    users: dict[str, str] = {}
+    for container in docker.compose.ps():
+        service = (container.config.labels or {})["com.docker.compose.service"]
+        status = Path(f"/proc/{container.state.pid}/status").read_text()
+        uid = next(ln.split()[1] for ln in status.splitlines() if ln.startswith("Uid:"))
+        gid = next(ln.split()[1] for ln in status.splitlines() if ln.startswith("Gid:"))
+        users[service] = f"{uid}:{gid}"
+        assert not container.host_config.privileged, service
+    print("PID 1 of each service runs as:", json.dumps(users, indent=1, sort_keys=True))
+    assert users == LOCAL_USERS
+    assert [s for s, u in users.items() if u.startswith("0:")] == ["airflow-scheduler"]
+
+
+def test_worker_pods_run_as_the_airflow_user_unprivileged(demo_pods: list[Any]) -> None:
+    for pod in demo_pods:
+        assert pod.config.user == "50000:0", pod.name  # runAsUser 50000, runAsGroup 0
+        assert not pod.host_config.privileged
+        assert not pod.host_config.cap_add
+        assert "/var/run/docker.sock" not in [m.source for m in pod.mounts]
+        env = dict(e.split("=", 1) for e in pod.config.env or [])
+        assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in env
+        assert "AIRFLOW__CORE__FERNET_KEY" not in env, "workers get no Fernet key"
+
+
+def test_no_default_credentials(stack: Stack) -> None:
+    cfg = stack.settings
+    for user, password in [("admin", "admin"), ("airflow", "airflow"), ("admin", "")]:
+        response = httpx.post(
+            f"{cfg.airflow_url}/auth/token", json={"username": user, "password": password}
+        )
+        assert response.status_code in (400, 401, 403), (user, password, response.status_code)
+    ok = httpx.post(
+        f"{cfg.airflow_url}/auth/token",
+        json={"username": ak.ADMIN_USER, "password": cfg.secrets["AIRFLOW_ADMIN_PASSWORD"]},
+    )
+    assert ok.status_code in (200, 201)
+    assert httpx.get(f"{cfg.airflow_url}/api/v2/dags").status_code == 401, "the API needs a login"
+    for key, secret in [("admin", "admin"), ("minioadmin", "minioadmin")]:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=cfg.s3_url,
+            region_name="us-east-1",
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+        )
+        with pytest.raises(ClientError) as refused:
+            s3.list_objects_v2(Bucket="airflow-data")
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert httpx.get(f"{cfg.s3_url}/airflow-data?list-type=2").status_code == 403, "anonymous S3"
+    assert os.environ.get("AIRFLOW_ADMIN_PASSWORD") != "admin"
