@@ -798,6 +798,8 @@ def clean(c: Context) -> None:
     )
     remove_standin_pods(docker, cfg)
     docker.compose.down(volumes=True, remove_orphans=True, timeout=10, quiet=True)
+    if docker.image.exists(cfg.worker_image):  # the tag for this registry port (layers are shared)
+        docker.image.remove(cfg.worker_image)
     shutil.rmtree(cfg.generated, ignore_errors=True)
     cfg.env_file.unlink(missing_ok=True)
 

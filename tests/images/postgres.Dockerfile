@@ -14,7 +14,7 @@ RUN groupadd --system --gid 999 postgres \
     && sed -ri 's/^#?\s*(create_main_cluster)\s*=.*$/\1 = false/' /etc/postgresql-common/createcluster.conf \
     && grep -q '^create_main_cluster = false' /etc/postgresql-common/createcluster.conf \
     && apt-get install -y --no-install-recommends postgresql-15 \
-    && rm -rf /var/lib/apt/lists/* \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /var/lib/postgresql/data /var/run/postgresql \
     && chown postgres:postgres /var/lib/postgresql /var/lib/postgresql/data /var/run/postgresql \
     && chmod 0700 /var/lib/postgresql/data \

@@ -8,7 +8,7 @@ RUN groupadd --system --gid 10002 registry \
     && useradd --system --uid 10002 --gid registry --no-create-home --home-dir /var/lib/registry registry \
     && apt-get update \
     && apt-get install -y --no-install-recommends docker-registry wget ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /var/lib/registry \
     && chown registry:registry /var/lib/registry
 COPY registry-config.yml /etc/docker/registry/config.yml

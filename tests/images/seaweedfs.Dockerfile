@@ -8,7 +8,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends wget \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 # Optional extra CA bundle for pip (see extra-ca/README.md).
 COPY extra-ca/ /tmp/extra-ca/
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
