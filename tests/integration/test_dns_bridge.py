@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from python_on_whales import Container, DockerException, docker
 
+import tasks  # the task library (on sys.path through conftest and harness)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO_ROOT / "k3s" / "entrypoint.sh"
 MANIFESTS = REPO_ROOT / "k3s" / "manifests"
@@ -148,6 +150,9 @@ def resources() -> Iterator[Resources]:
 def dnstest_image() -> str:
     _require_docker()
     debian_image = os.environ.get("AIRFLOW_K3S_DEBIAN_IMAGE", DEFAULT_DEBIAN_IMAGE)
+    if debian_image == DEFAULT_DEBIAN_IMAGE and not docker.image.exists(debian_image):
+        # A cold machine: make the local Debian base the way `invoke up` does (IMAGES=local).
+        tasks.ensure_local_bases(docker, tasks.Settings.load())
     # `docker build`: BuildKit where the CLI has it, the classic builder otherwise. The Dockerfile
     # needs neither cache mounts nor secrets, so both work.
     docker.legacy_build(
