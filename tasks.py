@@ -931,15 +931,23 @@ def trigger_dag(
     run_conf = parse_conf(conf)
     check_docker()
     cfg = settings()
+    run_id = run_dag(cfg, dag_id, run_conf, parse_timeout, timeout if wait else None)
+    print(run_id)
+
+
+def run_dag(
+    cfg: Settings, dag_id: str, conf: Mapping[str, Any], parse_timeout: float, timeout: float | None
+) -> str:
+    """Trigger ``dag_id``; with a ``timeout``, follow the run: exit non-zero unless it succeeds."""
     client = api(cfg)
     client.find_dag(dag_id, parse_timeout)
-    run_id = client.trigger(dag_id, run_conf)
+    run_id = client.trigger(dag_id, conf)
     say(f"triggered {dag_id}: run {run_id}")
-    print(run_id)
-    if wait:
+    if timeout is not None:
         state = follow_run(cfg, client, dag_id, run_id, timeout)
         if state != "success":
-            raise Exit(f"{dag_id} run {run_id} ended {state}", code=1)
+            raise Exit(f"{dag_id} run {run_id} ended {state} (log above)", code=1)
+    return run_id
 
 
 @task(help={"timeout": "seconds to wait for the demo run"})
@@ -948,12 +956,7 @@ def demo(c: Context, timeout: int = 600) -> None:
     """Start the stack, run the demo DAG to success and show the pods and the S3 object."""
     up(c)
     cfg = settings()
-    client = api(cfg)
-    client.find_dag(DEMO_DAG, 120)
-    run_id = client.trigger(DEMO_DAG, {})
-    say(f"triggered {DEMO_DAG}: run {run_id}")
-    if follow_run(cfg, client, DEMO_DAG, run_id, timeout) != "success":
-        raise Exit(f"the demo run {run_id} failed (log above)", code=1)
+    run_id = run_dag(cfg, DEMO_DAG, {}, parse_timeout=120, timeout=timeout)
     print(f"\nPods of {DEMO_DAG} (one per task):")
     show_pods(cfg, DEMO_DAG)
     show_demo_object(cfg, run_id)
