@@ -299,6 +299,7 @@ def build_specs(config: Mapping[str, Any], active: set[str]) -> dict[str, dict[s
     return specs
 
 
+@functools.cache
 def has_buildx() -> bool:
     return (
         subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from harness import require_docker
 from python_on_whales import Container, DockerException, docker
 
 import tasks  # the task library (on sys.path through conftest and harness)
@@ -53,27 +54,6 @@ NAME_PREFIX = f"airflow-k3s-dnstest-{SUFFIX}"
 IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 
 pytestmark = pytest.mark.docker
-
-
-def _require_docker() -> None:
-    """Fail (not skip) without a Docker engine, unless skipping was asked for explicitly."""
-    try:
-        docker.info()
-    except Exception as exc:  # any failure means: no usable engine
-        detail = (
-            exc.stderr if isinstance(exc, DockerException) and exc.stderr else str(exc)
-        ).strip()
-        reason = f"no usable Docker engine ({type(exc).__name__}: {' '.join(detail.split())})"
-        if os.environ.get("AIRFLOW_K3S_SKIP_DOCKER_TESTS") == "1":
-            pytest.skip(
-                "!!! SKIPPED: the k3s pod-DNS bridge is NOT tested: "
-                f"AIRFLOW_K3S_SKIP_DOCKER_TESTS=1 and {reason} !!!"
-            )
-        pytest.fail(
-            f"{reason}. These tests need Docker (tests/images/ensure-docker.sh starts one on a "
-            "bare Debian machine); set AIRFLOW_K3S_SKIP_DOCKER_TESTS=1 to skip them knowingly.",
-            pytrace=False,
-        )
 
 
 @dataclass
@@ -148,7 +128,7 @@ def resources() -> Iterator[Resources]:
 
 @pytest.fixture(scope="module")
 def dnstest_image() -> str:
-    _require_docker()
+    require_docker()  # fails without an engine, unless AIRFLOW_K3S_SKIP_DOCKER_TESTS=1
     debian_image = os.environ.get("AIRFLOW_K3S_DEBIAN_IMAGE", DEFAULT_DEBIAN_IMAGE)
     if debian_image == DEFAULT_DEBIAN_IMAGE and not docker.image.exists(debian_image):
         # A cold machine: make the local Debian base the way `invoke up` does (IMAGES=local).
