@@ -11,7 +11,7 @@ $(VENV)/.synced: pyproject.toml uv.lock
 
 .PHONY: help
 help: ## Show this help
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: up
 up: $(VENV)/.synced ## Start the stack: secrets, build, healthy, worker image pushed
@@ -34,8 +34,8 @@ demo: $(VENV)/.synced ## Start the stack and run the demo DAG to success
 	$(BIN)/invoke demo
 
 .PHONY: test
-test: $(VENV)/.synced ## Lint, unit, integration and fault tests (the last two need Docker)
-	$(BIN)/nox -s lint unit integration faults
+test: $(VENV)/.synced ## Lint, unit, then integration, e2e and faults on a real stack (Docker)
+	$(BIN)/nox -s lint unit integration e2e faults
 
 .PHONY: lint
 lint: $(VENV)/.synced ## ruff, mypy, yamllint, hadolint, shellcheck, k8s schemas
@@ -46,15 +46,15 @@ unit: $(VENV)/.synced ## Unit tests (no Docker)
 	$(BIN)/nox -s unit
 
 .PHONY: integration
-integration: $(VENV)/.synced ## The stack for real without k3s (IMAGES=local)
+integration: $(VENV)/.synced ## The stack's services for real (needs Docker)
 	$(BIN)/nox -s integration
 
 .PHONY: e2e
-e2e: $(VENV)/.synced ## The whole stack with k3s (needs upstream images)
+e2e: $(VENV)/.synced ## The demo and executor features as pods on the cluster (needs Docker)
 	$(BIN)/nox -s e2e
 
 .PHONY: faults
-faults: $(VENV)/.synced ## Faults and bad input on a real stack (IMAGES=local)
+faults: $(VENV)/.synced ## Faults and bad input on a real stack (needs Docker)
 	$(BIN)/nox -s faults
 
 .PHONY: bench

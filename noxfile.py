@@ -2,10 +2,16 @@
 
 Every session installs from uv.lock (and the Airflow image's own lock for the unit tests), so a
 session runs the same versions everywhere. Arguments after `--` go to pytest.
+
+The Docker tiers (integration, e2e, faults) are one definition: each brings up its own stack
+(tests/conftest.py) with IMAGES from the environment (default local: every image built here) and
+FAILS, never skips, where no Docker engine answers.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import nox
@@ -19,11 +25,18 @@ nox.options.sessions = ["lint", "unit"]
 PYTHON = "3.11"  # the Airflow image's Python (airflow/requirements.txt is locked for it)
 AIRFLOW_LOCK = "airflow/requirements.txt"
 K8S_MANIFESTS = ["airflow/pod_template.yaml", "k3s/manifests/shared-volume.yaml"]
-K8S_VERSION = "1.36.0"  # schemas of the pinned k3s (rancher/k3s:v1.36.4-k3s1)
+
+
+def k8s_schema_version() -> str:
+    """The Kubernetes minor of the pinned k3s image (docker-compose.yml), as x.y.0."""
+    match = re.search(r"rancher/k3s:v(\d+)\.(\d+)\.", Path("docker-compose.yml").read_text())
+    if not match:
+        raise RuntimeError("docker-compose.yml pins no rancher/k3s:vX.Y.Z image")
+    return f"{match[1]}.{match[2]}.0"
 
 
 def sync(session: nox.Session, *groups: str) -> None:
-    """Install exactly these dependency groups from uv.lock into the session's venv."""
+    """Install the project and exactly these dependency groups from uv.lock."""
     args = ["uv", "sync", "--frozen", "--no-default-groups", *(f"--group={g}" for g in groups)]
     session.run_install(
         *args,
@@ -36,18 +49,15 @@ def sync(session: nox.Session, *groups: str) -> None:
 def shell_files() -> list[str]:
     return sorted(
         str(p)
-        for d in ("k3s", "airflow", "tests", ".ci")
+        for d in ("k3s", "airflow", "local", "tests", ".ci")
         for p in Path(d).rglob("*")
-        if p.suffix == ".sh" or p.name == "run"
+        if (p.suffix == ".sh" or p.name == "run") and "_build" not in p.parts
     )
 
 
 def dockerfiles() -> list[str]:
-    return sorted(
-        str(p)
-        for p in Path(".").glob("**/*Dockerfile")
-        if ".nox" not in p.parts and ".venv" not in p.parts
-    )
+    skip = {".nox", ".venv", "_build"}
+    return sorted(str(p) for p in Path(".").glob("**/*Dockerfile") if not skip & set(p.parts))
 
 
 @nox.session(python=PYTHON)
@@ -60,7 +70,7 @@ def lint(session: nox.Session) -> None:
     session.run("yamllint", "--strict", ".")
     session.run("hadolint", *dockerfiles())
     session.run("shellcheck", *shell_files())
-    session.run("kubernetes-validate", "--strict", "-k", K8S_VERSION, *K8S_MANIFESTS)
+    session.run("kubernetes-validate", "--strict", "-k", k8s_schema_version(), *K8S_MANIFESTS)
 
 
 @nox.session(python=PYTHON)
@@ -80,26 +90,29 @@ def unit(session: nox.Session) -> None:
     session.run("pytest", "tests/unit", *session.posargs)
 
 
+def docker_tier(session: nox.Session, tier: str) -> None:
+    """One Docker tier against a stack of its own (tests/conftest.py owns it)."""
+    sync(session, "test")
+    env = {"IMAGES": os.environ.get("IMAGES", "local")}
+    session.run("pytest", f"tests/{tier}", "-p", "no:cacheprovider", *session.posargs, env=env)
+
+
 @nox.session(python=PYTHON, default=False)
 def integration(session: nox.Session) -> None:
-    """The stack for real without k3s (IMAGES=local): needs a Docker engine, fails without one."""
-    sync(session, "test")
-    env = {"IMAGES": "local"}
-    session.run("pytest", "tests/integration", "-p", "no:cacheprovider", *session.posargs, env=env)
+    """The stack's services for real: health, loopback ports, registry round trip, DNS bridge."""
+    docker_tier(session, "integration")
+
+
+@nox.session(python=PYTHON, default=False)
+def e2e(session: nox.Session) -> None:
+    """The demo and the executor's features as pods on the cluster, asserted through kubectl."""
+    docker_tier(session, "e2e")
 
 
 @nox.session(python=PYTHON, default=False)
 def faults(session: nox.Session) -> None:
-    """Faults and bad input on a real stack (IMAGES=local): restarts, outages, refusals."""
-    sync(session, "test")
-    session.run(
-        "pytest",
-        "tests/faults",
-        "-p",
-        "no:cacheprovider",
-        *session.posargs,
-        env={"IMAGES": "local"},
-    )
+    """Faults and bad input on a real stack: restarts, outages, refusals, security."""
+    docker_tier(session, "faults")
 
 
 @nox.session(python=PYTHON, default=False)
@@ -107,10 +120,3 @@ def bench(session: nox.Session) -> None:
     """Measure the loops (build, DAG edit, up, demo run, memory): writes docs/benchmarks.md."""
     sync(session, "test")
     session.run("python", "tests/bench/bench.py", *session.posargs)
-
-
-@nox.session(python=PYTHON, default=False)
-def e2e(session: nox.Session) -> None:
-    """The whole stack with k3s (upstream images): up, demo DAG, pods, S3 object, task logs."""
-    sync(session, "test")
-    session.run("pytest", "tests/e2e", *session.posargs, env={"IMAGES": "upstream"})

@@ -7,16 +7,15 @@
 #   `python -m airflow.sdk.execution_time.execute_workload ...`), anything else as `airflow <args>`.
 set -euo pipefail
 
-k3s_py=/opt/airflow-k3s/airflow_k3s.py
 if [[ -n "${AIRFLOW_K3S_KUBECONFIG_SRC:-}" ]]; then
-  python "$k3s_py" kubeconfig \
+  python -m airflow_k3s.container kubeconfig \
     --src "${AIRFLOW_K3S_KUBECONFIG_SRC}" \
     --dst "${AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE:-/opt/airflow/kube/config}" \
     --server "${AIRFLOW_K3S_KUBECONFIG_SERVER:-https://k3s:6443}" \
     --timeout "${AIRFLOW_K3S_KUBECONFIG_TIMEOUT:-180}"
 fi
 if [[ -n "${AIRFLOW_K3S_ADMIN_PASSWORD:-}" ]]; then
-  python "$k3s_py" passwords-file \
+  python -m airflow_k3s.container passwords-file \
     --path "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-/opt/airflow/auth/passwords.json}"
 fi
 

@@ -4,15 +4,18 @@
 #
 #   a. Pod DNS. Docker's embedded resolver listens on 127.0.0.11 inside this container only, and
 #      k3s refuses a loopback nameserver for pods (it would fall back to a public resolver, which
-#      cannot resolve compose service names such as "postgres" or "registry"). So: read the real
-#      ports of Docker's resolver from Docker's own DNAT rules (chain DOCKER_OUTPUT, nat table),
-#      DNAT DNS traffic sent to this container's own IP (port 53, udp and tcp) to them, write a
-#      resolv.conf naming that IP, and hand it to k3s with --resolv-conf. CoreDNS forwards to it.
+#      cannot resolve compose service names such as "postgres" or "registry"). So: find the real
+#      ports of Docker's resolver (the sockets it listens on at 127.0.0.11 in this network
+#      namespace, from /proc/net/udp and /proc/net/tcp: the same whatever firewall backend the
+#      Docker engine uses, iptables or nftables), DNAT DNS traffic sent to this container's own IP
+#      (port 53, udp and tcp) to them, write a resolv.conf naming that IP, and hand it to k3s with
+#      --resolv-conf. CoreDNS forwards to it.
 #   b. The shared volume (hostPath of the PV in k3s/manifests/shared-volume.yaml): owned by
 #      uid 50000 gid 0, group-writable, setgid, so worker pods (uid 50000, gid 0) can write it.
-#   c. Manifests: copies *.yaml from the repo's k3s/manifests and from the rendered .generated/k3s
-#      into k3s's auto-deploy directory with an "airflow-k3s-" prefix. k3s applies them at start and
-#      keeps them in sync; this runs at every start and is idempotent.
+#   c. Manifests: docker-compose.yml mounts the repo's k3s/manifests and the rendered .generated/k3s
+#      as subfolders of k3s's manifests folder, which k3s applies at start and re-applies whenever
+#      a file changes. This step checks they are there (and says loudly what is missing), and
+#      removes the copies that earlier versions of this script made.
 #   d. exec k3s with the original arguments (plus --resolv-conf).
 #
 # Every step is idempotent: a restarted container (new or same network namespace) ends in the same
@@ -23,15 +26,15 @@
 #   AIRFLOW_K3S_DNS_ONLY=1           only do step a., print the resolver IP on stdout, exit 0
 #   AIRFLOW_K3S_RESOLV_CONF          resolv.conf written for k3s [/etc/rancher/k3s/resolv.conf]
 #   AIRFLOW_K3S_DNS_INTERFACE        interface whose IPv4 address pods query [default route's, else eth0]
+#   AIRFLOW_K3S_PROC_NET             where to read the sockets [/proc/net]
 #   AIRFLOW_K3S_SHARED_DIR           shared volume [/var/lib/airflow-shared]
-#   AIRFLOW_K3S_MANIFESTS_SRC        repo manifests [/airflow-k3s/manifests]
-#   AIRFLOW_K3S_GENERATED_SRC        rendered manifests (worker Secret) [/airflow-k3s/generated]
-#   AIRFLOW_K3S_MANIFESTS_DEST       k3s auto-deploy dir [/var/lib/rancher/k3s/server/manifests]
+#   AIRFLOW_K3S_MANIFESTS_DIR        k3s's manifests folder [/var/lib/rancher/k3s/server/manifests]
 #   AIRFLOW_K3S_BIN                  what to exec [/bin/k3s]
 #
 # Prior art read (not copied): kind's images/base/files/usr/local/bin/entrypoint
 # (enable_network_magic, select_iptables) and k3d's pkg/types/fixes/assets/k3d-entrypoint-dns.sh.
-# Both rewrite Docker's own rules; this script leaves them untouched and adds a chain of its own.
+# Both rewrite Docker's own rules, which they find with iptables-save; this script finds the
+# resolver's sockets instead, leaves Docker's rules untouched and adds a chain of its own.
 set -eu
 
 PROG="airflow-k3s entrypoint"
@@ -72,58 +75,46 @@ ipt() {
     fi
 }
 
-# resolver_port SAVE_OUTPUT PROTO: the port of Docker's DNAT to 127.0.0.11 for PROTO in chain
-# DOCKER_OUTPUT. Matches on the DNAT target, not on "--dport 53": some iptables-nft versions print
-# those rules without it (kubernetes-sigs/kind#3054).
+# resolver_port FILE STATE: the port Docker's resolver listens on at 127.0.0.11 in this network
+# namespace, from /proc/net/udp or /proc/net/tcp (local address 0B00007F:PORT, hex, little-endian
+# address) in socket state STATE (07: an unconnected udp socket, 0A: a listening tcp socket).
 resolver_port() {
-    printf '%s\n' "$1" | awk -v proto="$2" -v dns="$DOCKER_DNS_IP" '
-        $1 == "-A" && $2 == "DOCKER_OUTPUT" {
-            p = ""; to = ""
-            for (i = 3; i < NF; i++) {
-                if ($i == "-p") p = $(i + 1)
-                if ($i == "--to-destination") to = $(i + 1)
-            }
-            if (p == proto && index(to, dns ":") == 1) {
-                port = substr(to, length(dns) + 2)
-                if (port ~ /^[0-9]+$/) { print port; exit }
-            }
-        }'
+    [ -r "$1" ] || return 0
+    _hex="$(awk -v state="$2" 'NR > 1 { split($2, a, ":"); if (a[1] == "0B00007F" && $4 == state) { print a[2]; exit } }' "$1")"
+    if [ -n "$_hex" ]; then printf '%d\n' "0x$_hex"; fi
 }
 
 setup_dns() {
-    # 1. Which backend holds Docker's rules? Docker writes them with the host's iptables flavour.
+    # 1. Docker's resolver: its sockets on 127.0.0.11. Docker creates them for containers on a
+    #    user-defined network only (compose networks are; the default bridge network is not).
+    proc_net="${AIRFLOW_K3S_PROC_NET:-/proc/net}"
+    udp_port="$(resolver_port "$proc_net/udp" 07)"
+    tcp_port="$(resolver_port "$proc_net/tcp" 0A)"
+    if [ -z "$udp_port" ] || [ -z "$tcp_port" ]; then
+        die "Docker's embedded DNS resolver does not listen on $DOCKER_DNS_IP in this container (udp port: ${udp_port:-none}, tcp port: ${tcp_port:-none}, from $proc_net/udp and $proc_net/tcp). Docker runs it only for containers on a user-defined network (compose networks are; the default bridge network is not): run this container on one. Without it pods cannot resolve compose service names."
+    fi
+
+    # Which iptables backend gets our rules: the one that holds Docker's own DNS rules (the
+    # DOCKER_OUTPUT chain) if any, so that k3s's iptables detection sees one backend in use;
+    # engines with the nftables firewall backend leave neither, and then nft it is.
     backend=""
-    nat_rules=""
-    tried=""
-    found_tool=0
+    tools=""
     for _b in nft legacy; do
         _rc=0
         _out="$(ipt "$_b" iptables-save -t nat 2>/dev/null)" || _rc=$?
-        if [ "$_rc" = 127 ]; then
-            tried="$tried iptables-$_b-save(not installed)"
-            continue
-        fi
-        found_tool=1
-        if [ "$_rc" != 0 ]; then
-            tried="$tried iptables-$_b-save(failed, exit $_rc)"
-            continue
-        fi
-        tried="$tried iptables-$_b-save"
-        if printf '%s\n' "$_out" | grep -q '^:DOCKER_OUTPUT '; then
+        [ "$_rc" = 127 ] && continue
+        tools="$tools $_b"
+        if [ "$_rc" = 0 ] && printf '%s\n' "$_out" | grep -q '^:DOCKER_OUTPUT '; then
             backend="$_b"
-            nat_rules="$_out"
             break
         fi
     done
-    [ "$found_tool" = 1 ] || die "no iptables binaries found (need iptables-nft-save/iptables-legacy-save or xtables-nft-multi/xtables-legacy-multi; PATH=$PATH)"
+    [ -n "$tools" ] || die "no iptables binaries found (need iptables-nft/iptables-legacy or xtables-nft-multi/xtables-legacy-multi; PATH=$PATH)"
     if [ -z "$backend" ]; then
-        die "chain DOCKER_OUTPUT not found in the nat table (checked:$tried). It holds Docker's DNAT of $DOCKER_DNS_IP:53 to its embedded DNS resolver, and Docker only creates it for containers on a user-defined network (compose networks are; the default bridge network is not). Without it pods cannot resolve compose service names. Run this container on a user-defined network."
+        backend="${tools# }"
+        backend="${backend%% *}"
+        log "no DOCKER_OUTPUT chain in any iptables backend (a Docker engine with the nftables firewall backend): using iptables-$backend"
     fi
-
-    udp_port="$(resolver_port "$nat_rules" udp)"
-    tcp_port="$(resolver_port "$nat_rules" tcp)"
-    [ -n "$udp_port" ] || die "chain DOCKER_OUTPUT ($backend) has no udp DNAT to $DOCKER_DNS_IP:<port>; cannot find Docker's DNS resolver. Rules seen: $(printf '%s\n' "$nat_rules" | grep DOCKER_OUTPUT | tr '\n' ';')"
-    [ -n "$tcp_port" ] || die "chain DOCKER_OUTPUT ($backend) has no tcp DNAT to $DOCKER_DNS_IP:<port>; cannot find Docker's DNS resolver. Rules seen: $(printf '%s\n' "$nat_rules" | grep DOCKER_OUTPUT | tr '\n' ';')"
 
     # 2. The address pods will query: this container's IPv4 on the interface of the default route.
     iface="${AIRFLOW_K3S_DNS_INTERFACE:-}"
@@ -182,49 +173,30 @@ prepare_shared_dir() {
     log "shared volume $shared_dir: owner 50000:0, mode 2775"
 }
 
-install_manifests() {
-    src_dir="${AIRFLOW_K3S_MANIFESTS_SRC:-/airflow-k3s/manifests}"
-    gen_dir="${AIRFLOW_K3S_GENERATED_SRC:-/airflow-k3s/generated}"
-    dest_dir="${AIRFLOW_K3S_MANIFESTS_DEST:-/var/lib/rancher/k3s/server/manifests}"
-    prefix="airflow-k3s-"
-    mkdir -p "$dest_dir" || die "cannot create $dest_dir"
-
-    [ -d "$src_dir" ] || warn "$src_dir does not exist: the shared volume's PV/PVC will not be created (is ./k3s/manifests mounted?)"
-    if [ ! -f "$gen_dir/airflow-worker-env.yaml" ]; then
+check_manifests() {
+    dir="${AIRFLOW_K3S_MANIFESTS_DIR:-/var/lib/rancher/k3s/server/manifests}"
+    mkdir -p "$dir" || die "cannot create $dir"
+    if [ -f "$dir/airflow-k3s/shared-volume.yaml" ]; then
+        log "manifests: $dir/airflow-k3s (the repo's k3s/manifests)"
+    else
+        warn "$dir/airflow-k3s/shared-volume.yaml is missing: the shared volume's PV/PVC will not be created (is ./k3s/manifests mounted there?)"
+    fi
+    if [ -f "$dir/airflow-k3s-generated/airflow-worker-env.yaml" ]; then
+        log "manifests: $dir/airflow-k3s-generated (the rendered .generated/k3s)"
+    else
         warn "================================================================================"
-        warn "$gen_dir/airflow-worker-env.yaml is missing: the Secret airflow-worker-env will"
-        warn "not exist and every worker pod will fail with CreateContainerConfigError."
-        warn "Render it first (\`make up\` or \`invoke up\` writes .generated/k3s/), then restart k3s."
+        warn "$dir/airflow-k3s-generated/airflow-worker-env.yaml is missing: the Secret"
+        warn "airflow-worker-env will not exist and every worker pod will fail with"
+        warn "CreateContainerConfigError. Render it (\`make up\` or \`invoke up\` writes"
+        warn ".generated/k3s/); k3s applies it as soon as it appears."
         warn "================================================================================"
     fi
-
-    installed=" "
-    for _dir in "$src_dir" "$gen_dir"; do
-        [ -d "$_dir" ] || continue
-        for _f in "$_dir"/*.yaml; do
-            [ -f "$_f" ] || continue
-            _name="$prefix$(basename "$_f")"
-            case "$installed" in
-            *" $_name "*) die "two manifests would both be installed as $dest_dir/$_name (from $src_dir and $gen_dir): rename one" ;;
-            esac
-            # Write next to the target, then rename: k3s never sees a half-written file.
-            cp "$_f" "$dest_dir/.$_name.tmp" || die "cannot copy $_f to $dest_dir"
-            mv -f "$dest_dir/.$_name.tmp" "$dest_dir/$_name"
-            installed="$installed$_name "
-            log "manifest $_f -> $dest_dir/$_name"
-        done
-    done
-
-    # Keep the directory in sync: drop our manifests whose source is gone.
-    for _f in "$dest_dir/$prefix"*.yaml; do
+    # Earlier versions of this script copied the manifests to the top of the folder: those copies
+    # would shadow the mounted files, so they go.
+    for _f in "$dir"/airflow-k3s-*.yaml; do
         [ -f "$_f" ] || continue
-        case "$installed" in
-        *" $(basename "$_f") "*) ;;
-        *)
-            warn "removing $_f: its source manifest is gone"
-            rm -f "$_f"
-            ;;
-        esac
+        log "removing $_f (an old copy; the mounted subfolders replace it)"
+        rm -f "$_f"
     done
 }
 
@@ -244,7 +216,7 @@ if [ "${AIRFLOW_K3S_DNS_ONLY:-0}" = 1 ]; then
 fi
 
 prepare_shared_dir
-install_manifests
+check_manifests
 
 if has_resolv_conf_arg "$@" || [ -n "${K3S_RESOLV_CONF:-}" ]; then
     warn "a resolv.conf was given to k3s explicitly (--resolv-conf or K3S_RESOLV_CONF): not adding --resolv-conf=$resolv_conf"

@@ -1,0 +1,133 @@
+"""A small client of Airflow's REST API v2 (simple auth manager login), and log rendering."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from airflow_k3s.exits import ExitCode, UserError
+from airflow_k3s.rendering import ADMIN_USER
+
+
+class AirflowAPI:
+    """Token login, DAGs, runs, task instances, logs."""
+
+    #: Seconds a new DAG file may take to appear (the dag-processor refreshes every 10 s).
+    GRACE = 15.0
+
+    def __init__(
+        self,
+        base_url: str,
+        password: str,
+        user: str = ADMIN_USER,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=30, transport=transport)
+        response = self.http.post("/auth/token", json={"username": user, "password": password})
+        if response.status_code in (401, 403):
+            raise UserError(
+                f"login as {user!r} was refused by {base_url}: the password in .env "
+                f"(AIRFLOW_ADMIN_PASSWORD) does not match the running stack",
+                ExitCode.LOGIN_REFUSED,
+            )
+        response.raise_for_status()
+        self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = self.http.get(path, params=params)
+        response.raise_for_status()
+        return response.json()
+
+    def dag_ids(self) -> list[str]:
+        return sorted(d["dag_id"] for d in self.get("/api/v2/dags", limit=1000)["dags"])
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        return list(self.get("/api/v2/importErrors", limit=100)["import_errors"])
+
+    def find_dag(self, dag_id: str, timeout: float) -> None:
+        """Wait for ``dag_id`` to be parsed; fail clearly with import errors or the known DAGs.
+
+        With no DAG parsed yet it waits up to ``timeout``; once others are known, one refresh of
+        the dag-processor (GRACE seconds) is enough for a new file to show up or fail to import.
+        """
+        started = time.monotonic()
+        while True:
+            response = self.http.get(f"/api/v2/dags/{dag_id}")
+            if response.status_code == 200:
+                return
+            errors = self.import_errors()
+            known = self.dag_ids()
+            waited = time.monotonic() - started
+            if errors or waited > timeout or (known and waited > min(timeout, self.GRACE)):
+                break
+            time.sleep(2)
+        lines = [f"{e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}" for e in errors]
+        message = f"unknown DAG id {dag_id!r}; known DAGs: {', '.join(known) or 'none yet'}"
+        if lines:
+            message += "; DAG files that fail to import: " + "; ".join(lines)
+        raise UserError(message, ExitCode.UNKNOWN_DAG)
+
+    def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
+        self.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        response = self.http.post(
+            f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": dict(conf)}
+        )
+        response.raise_for_status()
+        return str(response.json()["dag_run_id"])
+
+    def run_state(self, dag_id: str, run_id: str) -> tuple[str, dict[str, dict[str, Any]]]:
+        run = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+        tis = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return str(run["state"]), {ti["task_id"]: ti for ti in tis}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        return self.get(path, deserialize=True).get("value")
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        response = self.http.get(
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            params={"full_content": True},
+            headers={"Accept": "application/json"},
+        )
+        response.raise_for_status()
+        return render_log(response.json().get("content") or [])
+
+
+def render_log(content: list[Any]) -> str:
+    """Airflow 3's structured log messages as plain lines: 'timestamp [level] event'."""
+    lines = []
+    for item in content:
+        if not isinstance(item, dict):
+            lines.append(str(item))
+            continue
+        level = f"[{item['level']}]" if item.get("level") else ""
+        event = str(item.get("event", ""))
+        details = item.get("error_detail")
+        if isinstance(details, list) and details and isinstance(details[0], dict):
+            event += f": {details[0].get('exc_type', '')}: {details[0].get('exc_value', '')}"
+        parts = (str(item.get("timestamp") or ""), level, event)
+        lines.append(" ".join(p for p in parts if p))
+    return "\n".join(lines)
+
+
+def render_pod_line(line: str) -> str:
+    """A line of a worker pod's output (Airflow logs JSON) as 'time [level] event: error'."""
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(item, dict) or "event" not in item:
+        return line
+    text = f"{item.get('timestamp', '')} [{item.get('level', '')}] {item['event']}"
+    for key in ("error_detail", "exception"):
+        details = item.get(key)
+        if isinstance(details, list) and details and isinstance(details[0], dict):
+            text += f": {details[0].get('exc_type', '')}: {details[0].get('exc_value', '')}"
+    if item.get("final_state"):
+        text += f" (final_state={item['final_state']}, exit_code={item.get('exit_code')})"
+    return text

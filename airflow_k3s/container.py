@@ -1,0 +1,117 @@
+"""What runs inside the Airflow containers: ``python -m airflow_k3s.container COMMAND``.
+
+The Airflow image installs this package (airflow/Dockerfile). Its entrypoint (airflow/entrypoint.sh)
+waits for k3s's kubeconfig and rewrites it for the container, and writes the simple auth manager's
+passwords file; the one-shot ``airflow-init`` service migrates the database, creates the buckets
+and waits for MockServer. Standard library, PyYAML and (init only) boto3: nothing of the host's
+task library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from airflow_k3s.rendering import (
+    ADMIN_USER,
+    SetupError,
+    passwords_json,
+    rewrite_kubeconfig,
+    s3_endpoint,
+    write_private,
+)
+
+
+def wait_for_file(path: Path, timeout: float, what: str, poll: float = 1.0) -> str:
+    """Return the non-empty content of ``path``, waiting up to ``timeout`` seconds for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = path.read_text()
+            if text.strip():
+                return text
+        except FileNotFoundError:
+            pass
+        if time.monotonic() >= deadline:
+            raise SetupError(f"{what} ({path}) was not written within {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def wait_http(url: str, method: str, timeout: float) -> None:
+    """Wait until ``url`` answers ``method`` with any HTTP status below 400."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5).close()
+            return
+        except (urllib.error.URLError, OSError) as exc:
+            if time.monotonic() >= deadline:
+                raise SetupError(f"{url} did not answer within {timeout:.0f} s: {exc}") from exc
+            time.sleep(1)
+
+
+def _cmd_kubeconfig(args: argparse.Namespace) -> None:
+    text = wait_for_file(Path(args.src), args.timeout, "k3s's kubeconfig")
+    write_private(Path(args.dst), rewrite_kubeconfig(text, args.server))
+    print(f"airflow-k3s: kubeconfig for {args.server} written to {args.dst}", file=sys.stderr)
+
+
+def _cmd_passwords_file(args: argparse.Namespace) -> None:
+    write_private(
+        Path(args.path), passwords_json(ADMIN_USER, os.environ["AIRFLOW_K3S_ADMIN_PASSWORD"])
+    )
+
+
+def _cmd_init(args: argparse.Namespace) -> None:
+    import boto3  # the Airflow image has it (amazon provider)
+
+    print("airflow-init: migrating the metadata database", file=sys.stderr)
+    if subprocess.run(["airflow", "db", "migrate"], check=False).returncode != 0:
+        raise SetupError("`airflow db migrate` failed (its output is above)")
+    endpoint = s3_endpoint(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    for bucket in args.buckets:
+        if bucket not in existing:
+            s3.create_bucket(Bucket=bucket)
+        print(f"airflow-init: bucket s3://{bucket} ready", file=sys.stderr)
+    wait_http(args.mockserver + "/mockserver/status", "PUT", args.timeout)
+    print(f"airflow-init: {args.mockserver} answers", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_k3s.container", description=__doc__.splitlines()[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    kc = sub.add_parser("kubeconfig", help="wait for k3s's kubeconfig and rewrite it")
+    kc.add_argument("--src", required=True)
+    kc.add_argument("--dst", required=True)
+    kc.add_argument("--server", required=True)
+    kc.add_argument("--timeout", type=float, default=180)
+    kc.set_defaults(func=_cmd_kubeconfig)
+    pw = sub.add_parser("passwords-file", help="write the simple auth manager's passwords file")
+    pw.add_argument("--path", required=True)
+    pw.set_defaults(func=_cmd_passwords_file)
+    init = sub.add_parser("init", help="migrate the DB, create the buckets, wait for MockServer")
+    init.add_argument("--buckets", nargs="+", default=["airflow-logs", "airflow-data"])
+    init.add_argument("--mockserver", default="http://mockserver:1080")
+    init.add_argument("--timeout", type=float, default=120)
+    init.set_defaults(func=_cmd_init)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except SetupError as exc:
+        print(f"airflow-k3s: ERROR: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

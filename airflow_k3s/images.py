@@ -1,0 +1,280 @@
+"""Images: build, pull, push; and the local image source (IMAGES=local).
+
+IMAGES=upstream pulls the pinned images of docker-compose.yml and builds the Airflow image on the
+pinned Python image. IMAGES=local builds every image from packages (local/): a Debian base made with
+debootstrap, the services from Debian, PyPI and Maven Central packages, and the Kubernetes node from
+Go modules (local/node). Either way the worker image is the Airflow image plus the DAGs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from python_on_whales import DockerClient
+from python_on_whales.exceptions import DockerException
+
+from airflow_k3s import compose
+from airflow_k3s.compose import say
+from airflow_k3s.exits import ExitCode, UserError
+from airflow_k3s.settings import (
+    LOCAL_DEBIAN_IMAGE,
+    LOCAL_PYTHON_IMAGE,
+    Settings,
+    node_versions,
+)
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+#: Build contexts that get $EXTRA_CA_BUNDLE as extra-ca/ca-bundle.crt.
+EXTRA_CA_CONTEXTS = ("airflow", "local/images", "local/node")
+#: The Go module and build caches of the node build: one volume for every project.
+GO_CACHE_VOLUME = "airflow-k3s-go-cache"
+#: What the node image is built from (its hash labels the image: same hash, no rebuild).
+NODE_SOURCES = (
+    "*.go",
+    "internal/**/*.go",
+    "tools/**/*.go",
+    "go.mod",
+    "go.sum",
+    "*.sh",
+    "*.env",
+    "*Dockerfile",
+)
+NODE_SOURCE_LABEL = "airflow-k3s.node-source"
+
+
+def build_specs(config: Mapping[str, Any], active: set[str]) -> dict[str, dict[str, Any]]:
+    """Unique images to build (tag -> build spec) from a resolved compose config."""
+    specs: dict[str, dict[str, Any]] = {}
+    for name, service in config.get("services", {}).items():
+        if name in active and service.get("build") and service.get("image"):
+            specs.setdefault(service["image"], service["build"])
+    return specs
+
+
+def pull_specs(config: Mapping[str, Any]) -> list[str]:
+    """Images of a resolved compose config that are pulled, not built."""
+    return sorted(
+        {
+            s["image"]
+            for s in config.get("services", {}).values()
+            if s.get("image") and not s.get("build")
+        }
+    )
+
+
+@functools.cache
+def has_buildx() -> bool:
+    return (
+        subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode
+        == 0
+    )
+
+
+def build_image(
+    docker: DockerClient,
+    context: Path,
+    tag: str,
+    dockerfile: Path | None = None,
+    args: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """Build one image with the default builder: BuildKit where buildx exists, else the classic
+    builder. The default builder sees the images of this engine (the worker's base is the local
+    Airflow image), which a buildx builder with the docker-container driver would not."""
+    started = time.monotonic()
+    say(f"building {tag}")
+    kwargs: dict[str, Any] = {
+        "tags": [tag],
+        "build_args": dict(args or {}),
+        "labels": dict(labels or {}),
+    }
+    if dockerfile is not None:
+        kwargs["file"] = dockerfile
+    if has_buildx():
+        docker.build(context, load=True, builder="default", **kwargs)
+    else:
+        docker.legacy_build(context, **kwargs)
+    say(f"built {tag} in {time.monotonic() - started:.1f} s")
+
+
+def sync_extra_ca(cfg: Settings) -> None:
+    """Copy $EXTRA_CA_BUNDLE into the build contexts that fetch packages (only when it changed)."""
+    source = Path(cfg.extra_ca_bundle) if cfg.extra_ca_bundle else None
+    if source is not None and not source.is_file():
+        raise UserError(f"EXTRA_CA_BUNDLE={source} is not a file", ExitCode.USAGE)
+    for folder in EXTRA_CA_CONTEXTS:
+        dest = cfg.root / folder / "extra-ca" / "ca-bundle.crt"
+        if source is None:
+            dest.unlink(missing_ok=True)
+        elif not dest.exists() or dest.read_bytes() != source.read_bytes():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+
+
+# --------------------------------------------------------------------------- IMAGES=upstream
+
+
+def pull_upstream(cfg: Settings, config: Mapping[str, Any]) -> None:
+    """Pull the pinned images not here yet; where pulls are impossible, name IMAGES=local."""
+    docker = compose.plain()
+    for image in pull_specs(config):
+        if docker.image.exists(image):
+            continue
+        say(f"pulling {image}")
+        try:
+            docker.image.pull(image, quiet=True)
+        except DockerException as exc:
+            lines = (exc.stderr or str(exc)).strip().splitlines() or ["refused"]
+            raise UserError(
+                f"cannot pull {image} ({lines[-1][-160:]}): this machine cannot pull the pinned "
+                "upstream images; run with IMAGES=local, which builds every image here from "
+                "packages (README, 'Image sources')",
+                ExitCode.NO_PULL,
+            ) from None
+
+
+# --------------------------------------------------------------------------- IMAGES=local
+
+
+def ensure_local_bases(docker: DockerClient, cfg: Settings) -> None:
+    """IMAGES=local: a Debian base made with debootstrap and a python3 base, built once, cached."""
+    if not docker.image.exists(LOCAL_DEBIAN_IMAGE):
+        if shutil.which("debootstrap") is None:
+            raise UserError(
+                "IMAGES=local needs debootstrap to make the Debian base image: "
+                "apt-get install debootstrap",
+                ExitCode.NO_DOCKER,
+            )
+        if os.geteuid() != 0:
+            raise UserError(
+                f"IMAGES=local makes {LOCAL_DEBIAN_IMAGE} once with debootstrap, which needs "
+                "root: run this command once as root (sudo -E)",
+                ExitCode.NO_DOCKER,
+            )
+        say(f"making {LOCAL_DEBIAN_IMAGE} with debootstrap (once, about a minute)")
+        with tempfile.TemporaryDirectory(prefix="airflow-k3s-rootfs-") as rootfs:
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", DEBIAN_SUITE, rootfs, DEBIAN_MIRROR],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            compose.import_rootfs(Path(rootfs), LOCAL_DEBIAN_IMAGE)
+    if not docker.image.exists(LOCAL_PYTHON_IMAGE):
+        images = cfg.root / "local" / "images"
+        build_image(
+            docker,
+            images,
+            LOCAL_PYTHON_IMAGE,
+            images / "python.Dockerfile",
+            {"DEBIAN_IMAGE": LOCAL_DEBIAN_IMAGE},
+        )
+
+
+def node_source_hash(node_dir: Path) -> str:
+    """A hash of everything the node image is built from."""
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in NODE_SOURCES for p in node_dir.glob(pattern) if p.is_file()})
+    for path in files:
+        digest.update(str(path.relative_to(node_dir)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def ensure_node_image(docker: DockerClient, cfg: Settings, tag: str) -> None:
+    """IMAGES=local: the Kubernetes node image (local/node), rebuilt only when its sources change.
+
+    build.sh runs in the Go builder image with the module and build caches in a volume, so a
+    rebuild after an edit compiles only what changed; then local/node/Dockerfile packs the result.
+    """
+    node_dir = cfg.root / "local" / "node"
+    source = node_source_hash(node_dir)
+    if docker.image.exists(tag):
+        labels = docker.image.inspect(tag).config.labels or {}
+        if labels.get(NODE_SOURCE_LABEL) == source:
+            return
+    versions = node_versions(cfg.root)
+    builder = f"airflow-k3s/go:{versions['GO_VERSION']}-local"
+    build_image(
+        docker,
+        node_dir / "extra-ca",
+        builder,
+        node_dir / "builder.Dockerfile",
+        {"DEBIAN_IMAGE": LOCAL_DEBIAN_IMAGE, "GO_VERSION": versions["GO_VERSION"]},
+    )
+    out = node_dir / "_build"
+    out.mkdir(exist_ok=True)
+    say(
+        f"building the node: Kubernetes {versions['KUBERNETES_VERSION']}, containerd "
+        f"{versions['CONTAINERD_VERSION']}, CoreDNS {versions['COREDNS_VERSION']} from Go "
+        f"modules (cold: about 15 min on 2 cores; caches in volume {GO_CACHE_VOLUME})"
+    )
+    started = time.monotonic()
+    compose.run_streaming(
+        builder,
+        ["sh", "/src/build.sh", "/out"],
+        volumes=[(GO_CACHE_VOLUME, "/cache", "rw"), (node_dir, "/src", "ro"), (out, "/out", "rw")],
+    )
+    say(f"node binaries built in {time.monotonic() - started:.0f} s")
+    build_image(
+        docker,
+        node_dir,
+        tag,
+        node_dir / "Dockerfile",
+        {"DEBIAN_IMAGE": LOCAL_DEBIAN_IMAGE},
+        labels={NODE_SOURCE_LABEL: source},
+    )
+
+
+# --------------------------------------------------------------------------- all of them
+
+
+def build_all(cfg: Settings, worker_only: bool = False) -> None:
+    """Build (or pull) the service images, once each, then the worker image."""
+    docker = compose.client(cfg)
+    sync_extra_ca(cfg)
+    if not worker_only:
+        if cfg.local:
+            ensure_local_bases(docker, cfg)
+            ensure_node_image(docker, cfg, cfg.service_images["k3s"])
+        config = docker.compose.config(return_json=True)
+        if not cfg.local:
+            pull_upstream(cfg, config)
+        active = set(config.get("services", {}))
+        for tag, spec in build_specs(config, active).items():
+            context = Path(spec["context"])
+            dockerfile = context / spec.get("dockerfile", "Dockerfile")
+            build_image(docker, context, tag, dockerfile, spec.get("args") or {})
+    build_worker(cfg, docker)
+
+
+def build_worker(cfg: Settings, docker: DockerClient) -> None:
+    """The worker image: the Airflow image with the DAGs baked in as the last layer."""
+    build_image(
+        docker,
+        cfg.root / "dags",
+        cfg.worker_image,
+        cfg.root / "worker" / "Dockerfile",
+        {"AIRFLOW_IMAGE": cfg.airflow_image},
+    )
+
+
+def push_worker(cfg: Settings) -> str:
+    """Push the worker image to the stack's registry; return its repo digest."""
+    docker = compose.client(cfg)
+    say(f"pushing {cfg.worker_image}")
+    started = time.monotonic()
+    docker.image.push(cfg.worker_image, quiet=True)
+    digests = docker.image.inspect(cfg.worker_image).repo_digests
+    repo = cfg.worker_image.rsplit(":", 1)[0]
+    digest = next((d.split("@", 1)[1] for d in digests if d.startswith(repo + "@")), "")
+    say(f"pushed {cfg.worker_image} ({digest}) in {time.monotonic() - started:.1f} s")
+    return digest

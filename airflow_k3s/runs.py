@@ -1,0 +1,176 @@
+"""DAG runs: trigger one, follow it to its end, report it (and on failure, diagnose it)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from airflow_k3s import cluster, compose
+from airflow_k3s.airflow_api import AirflowAPI, render_pod_line
+from airflow_k3s.compose import say
+from airflow_k3s.exits import ExitCode, UserError
+from airflow_k3s.settings import DEMO_DAG, Settings
+
+
+def parse_conf(conf: str) -> dict[str, Any]:
+    """The --conf of a DAG run: a JSON object, or a clear UserError."""
+    if not conf:
+        return {}
+    try:
+        value = json.loads(conf)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"--conf is not valid JSON ({exc.msg} at character {exc.pos}): {conf}", ExitCode.USAGE
+        ) from None
+    if not isinstance(value, dict):
+        raise UserError(
+            f"--conf must be a JSON object like '{{\"key\": 1}}', not {conf}", ExitCode.USAGE
+        )
+    return value
+
+
+def state_changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
+    """Lines 'task: old -> new' for every task whose state changed."""
+    return [
+        f"{task_id}: {before.get(task_id) or 'none'} -> {state or 'none'}"
+        for task_id, state in sorted(after.items())
+        if before.get(task_id, "") != state
+    ]
+
+
+def api(cfg: Settings) -> AirflowAPI:
+    """A logged-in client of the running stack's API."""
+    compose.require_running(cfg)
+    return AirflowAPI(cfg.airflow_url, cfg.secrets.get("AIRFLOW_ADMIN_PASSWORD", ""))
+
+
+def follow_run(cfg: Settings, client: AirflowAPI, dag_id: str, run_id: str, timeout: float) -> str:
+    """Print task state changes until the run ends; on failure print logs and pod diagnostics."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, str] = {}
+    while True:
+        state, tis = client.run_state(dag_id, run_id)
+        now = {task_id: str(ti.get("state") or "") for task_id, ti in tis.items()}
+        for line in state_changes(seen, now):
+            say(line)
+        seen = now
+        if state in ("success", "failed"):
+            break
+        if time.monotonic() > deadline:
+            print_failures(cfg, client, dag_id, run_id, tis, only_failed=False)
+            raise UserError(
+                f"timed out after {timeout:.0f} s waiting for {dag_id} run {run_id} "
+                f"(still {state}); see `invoke status` and the UI at {cfg.airflow_url}",
+                ExitCode.TIMEOUT,
+            )
+        time.sleep(2)
+    say(f"run {run_id} of {dag_id} ended: {state}")
+    if state != "success":
+        print_failures(cfg, client, dag_id, run_id, tis)
+    return state
+
+
+def print_failures(
+    cfg: Settings,
+    client: AirflowAPI,
+    dag_id: str,
+    run_id: str,
+    tis: Mapping[str, Mapping[str, Any]],
+    only_failed: bool = True,
+) -> None:
+    """For each failed (or, on a timeout, unfinished) task: its log and its pod's diagnostics."""
+    for task_id, ti in sorted(tis.items()):
+        state = ti.get("state")
+        if state == "success" or (only_failed and state not in ("failed", "upstream_failed")):
+            continue
+        if state == "upstream_failed":
+            continue
+        try_number = int(ti.get("try_number") or 0)
+        if try_number and state in ("failed", "up_for_retry"):
+            print(f"----- log of {task_id} (try {try_number})", file=sys.stderr)
+            try:
+                log = client.task_log(dag_id, run_id, task_id, try_number)
+            except httpx.HTTPError as exc:
+                log = f"(task log not readable through the API: {exc})"
+            print(log, file=sys.stderr)
+        cluster.print_pod_diagnostics(cfg, cluster.pod_selector(dag_id, task_id, run_id))
+
+
+def run_dag(
+    cfg: Settings, dag_id: str, conf: Mapping[str, Any], parse_timeout: float, timeout: float | None
+) -> str:
+    """Trigger ``dag_id``; with a ``timeout``, follow the run: fail unless it succeeds."""
+    client = api(cfg)
+    client.find_dag(dag_id, parse_timeout)
+    run_id = client.trigger(dag_id, conf)
+    say(f"triggered {dag_id}: run {run_id}")
+    if timeout is not None:
+        state = follow_run(cfg, client, dag_id, run_id, timeout)
+        if state != "success":
+            raise UserError(f"{dag_id} run {run_id} ended {state} (log above)")
+    return run_id
+
+
+def show_demo_result(cfg: Settings, run_id: str) -> None:
+    """The demo run's pods and the S3 object it wrote (named by verify's return value)."""
+    print(f"\nPods of {DEMO_DAG} (one per task):")
+    cluster.show_pods(cfg, cluster.pod_selector(DEMO_DAG, run_id=run_id))
+    import boto3
+
+    summary = api(cfg).xcom(DEMO_DAG, run_id, "verify")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=cfg.s3_url,
+        region_name="us-east-1",
+        aws_access_key_id=cfg.secrets["S3_ACCESS_KEY"],
+        aws_secret_access_key=cfg.secrets["S3_SECRET_KEY"],
+    )
+    body = s3.get_object(Bucket=summary["bucket"], Key=summary["key"])["Body"].read()
+    orders = json.loads(body).get("orders", [])
+    print(
+        f"\nS3 object: s3://{summary['bucket']}/{summary['key']}  {len(body)} bytes, "
+        f"{len(orders)} orders, sha256 {hashlib.sha256(body).hexdigest()[:16]}…"
+    )
+    print(f"UI: {cfg.airflow_url}/dags/{DEMO_DAG}")
+
+
+def pod_logs(
+    cfg: Settings, dag_id: str, task_id: str, run_id: str, try_number: int, tail: int
+) -> int:
+    """A task's worker pod output (kubectl logs), oldest try first; for a pod that never started,
+    why. Returns kubectl's exit code."""
+    selector = cluster.pod_selector(dag_id, task_id, run_id, try_number)
+    pods = cluster.worker_pods(cfg, selector)
+    if pods and not run_id:  # the newest run only
+        newest = pods[-1]["metadata"]["labels"].get("run_id")
+        pods = [p for p in pods if p["metadata"]["labels"].get("run_id") == newest]
+    if not pods:
+        raise UserError(
+            f"no worker pod of {dag_id}.{task_id} was found ({selector}); `invoke status` lists "
+            "the pods",
+            ExitCode.NOT_RUNNING,
+        )
+    code = 0
+    for pod in pods:
+        meta = pod["metadata"]
+        problem = cluster.pod_problem(pod)
+        print(
+            f"----- pod {meta['name']} (run label {meta['labels'].get('run_id')}, try "
+            f"{meta['labels'].get('try_number')}, {pod['status'].get('phase')})"
+            + (f": {problem}" if problem else "")
+        )
+        result = cluster.kubectl(
+            cfg, "logs", "-n", cluster.NAMESPACE, meta["name"], f"--tail={tail}", check=False
+        )
+        for line in result.stdout.splitlines():
+            print(render_pod_line(line))
+        if result.returncode:
+            print(result.stderr.strip(), file=sys.stderr)
+            code = code or result.returncode
+    return code

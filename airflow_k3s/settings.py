@@ -1,0 +1,193 @@
+"""Settings: everything configurable, in one place.
+
+Read once per task from the environment over the git-ignored .env (ports, IMAGES, generated
+secrets). Defaults that the compose files define (published ports, image names) are read from them,
+so each value has one owner: docker-compose.yml and local/compose.local.yml.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from airflow_k3s.exits import ExitCode, UserError
+from airflow_k3s.rendering import SECRET_KEYS, parse_env_file
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = "docker-compose.yml"
+LOCAL_COMPOSE_FILE = "local/compose.local.yml"
+NODE_VERSIONS_FILE = "local/node/versions.env"
+IMAGE_SOURCES = ("upstream", "local")
+DEMO_DAG = "demo_rest_to_s3"
+
+#: "${NAME:-default}" in a compose value.
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+):-(?P<default>[^}]*)\}")
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    """A port the stack publishes on 127.0.0.1: its variable, default and service."""
+
+    variable: str
+    default: int
+    service: str
+
+
+def _compose(root: Path, name: str) -> dict[str, Any]:
+    doc = yaml.safe_load((root / name).read_text())
+    return doc if isinstance(doc, dict) else {}
+
+
+@functools.cache
+def published_ports(root: Path = ROOT) -> tuple[PublishedPort, ...]:
+    """The ports docker-compose.yml publishes, from "127.0.0.1:${S3_PORT:-8333}:8333" entries."""
+    found = []
+    for service, spec in _compose(root, COMPOSE_FILE)["services"].items():
+        for entry in spec.get("ports", []):
+            match = _VARIABLE.search(str(entry))
+            if match:
+                found.append(PublishedPort(match["name"], int(match["default"]), service))
+    return tuple(found)
+
+
+def compose_default(value: str) -> str:
+    """The default of a "${NAME:-default}" value, or the value itself."""
+    match = _VARIABLE.fullmatch(value.strip())
+    return match["default"] if match else value
+
+
+@functools.cache
+def compose_images(root: Path = ROOT) -> dict[str, dict[str, str]]:
+    """service -> image, for each image source (defaults of "${VAR:-image}" resolved)."""
+    upstream: dict[str, str] = {}
+    base = _compose(root, COMPOSE_FILE)
+    common = base.get("x-airflow-common", {})
+    for service, spec in base["services"].items():
+        image = spec.get("image") or (common.get("image") if "airflow" in service else None)
+        if image:
+            upstream[service] = compose_default(image)
+    local = dict(upstream)
+    for service, spec in _compose(root, LOCAL_COMPOSE_FILE)["services"].items():
+        if spec.get("image"):
+            local[service] = compose_default(spec["image"])
+    return {"upstream": upstream, "local": local}
+
+
+@functools.cache
+def node_versions(root: Path = ROOT) -> dict[str, str]:
+    """local/node/versions.env: the versions of the local node image."""
+    return parse_env_file((root / NODE_VERSIONS_FILE).read_text())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, read once from the environment and the generated .env."""
+
+    images: str = "upstream"
+    project: str = "airflow-k3s"
+    ports: Mapping[str, int] = field(default_factory=dict)
+    extra_ca_bundle: str = ""
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    root: Path = ROOT
+    #: Where .env and .generated/ live: the checkout, or $AIRFLOW_K3S_STATE_DIR (tests: a temp dir).
+    state_dir: Path = ROOT
+    #: The Airflow image (compose's ${AIRFLOW_IMAGE:-...}).
+    airflow_image: str = ""
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, root: Path = ROOT) -> Settings:
+        """Settings from ``environ`` (default os.environ) over the state dir's .env."""
+        environ = os.environ if environ is None else environ
+        state_dir = Path(environ.get("AIRFLOW_K3S_STATE_DIR") or root)
+        env_file = state_dir / ".env"
+        dotenv = parse_env_file(env_file.read_text()) if env_file.exists() else {}
+        merged = {**dotenv, **environ}
+        images = merged.get("IMAGES", "upstream")
+        if images not in IMAGE_SOURCES:
+            raise UserError(f"IMAGES must be 'upstream' or 'local', not {images!r}", ExitCode.USAGE)
+        ports: dict[str, int] = {}
+        for port in published_ports(root):
+            raw = merged.get(port.variable, str(port.default))
+            if not raw.isdigit() or not 0 < int(raw) < 65536:
+                raise UserError(
+                    f"{port.variable} must be a port number, not {raw!r}", ExitCode.USAGE
+                )
+            ports[port.variable] = int(raw)
+        return cls(
+            images=images,
+            project=merged.get("COMPOSE_PROJECT_NAME", "airflow-k3s"),
+            ports=ports,
+            extra_ca_bundle=merged.get("EXTRA_CA_BUNDLE", ""),
+            secrets={k: dotenv[k] for k in SECRET_KEYS if k in dotenv},
+            root=root,
+            state_dir=state_dir,
+            airflow_image=merged.get("AIRFLOW_IMAGE")
+            or compose_images(root)["upstream"]["airflow-apiserver"],
+        )
+
+    @property
+    def local(self) -> bool:
+        """Whether every image is built here from packages (IMAGES=local)."""
+        return self.images == "local"
+
+    @property
+    def compose_files(self) -> list[Path]:
+        files = [self.root / COMPOSE_FILE]
+        if self.local:
+            files.append(self.root / LOCAL_COMPOSE_FILE)
+        return files
+
+    @property
+    def env_file(self) -> Path:
+        return self.state_dir / ".env"
+
+    @property
+    def generated(self) -> Path:
+        return self.state_dir / ".generated"
+
+    @property
+    def host_kubeconfig(self) -> Path:
+        return self.generated / "kubeconfig.yaml"
+
+    @property
+    def service_images(self) -> dict[str, str]:
+        """service -> image in this image source."""
+        return compose_images(self.root)[self.images]
+
+    @property
+    def compose_env(self) -> dict[str, str]:
+        """Variables the compose file interpolates that tasks decide (image source, state dir)."""
+        env = {"AIRFLOW_K3S_GENERATED": str(self.generated), "AIRFLOW_IMAGE": self.airflow_image}
+        if self.local:
+            env["PYTHON_BASE_IMAGE"] = LOCAL_PYTHON_IMAGE
+        return env
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['AIRFLOW_PORT']}"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['S3_PORT']}"
+
+    @property
+    def worker_image(self) -> str:
+        """The worker image as the host pushes it (in the stack: registry:5000/airflow-worker)."""
+        return f"127.0.0.1:{self.ports['REGISTRY_PORT']}/airflow-worker:latest"
+
+
+#: IMAGES=local: the bases every local image builds on (made by images.ensure_local_bases).
+LOCAL_DEBIAN_IMAGE = "airflow-k3s/debian:bookworm-local"
+LOCAL_PYTHON_IMAGE = "airflow-k3s/python:3.11-local"
+
+
+def settings() -> Settings:
+    """The settings of this invocation (re-read each time: tasks may have written .env)."""
+    return Settings.load()

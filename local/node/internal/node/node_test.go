@@ -1,0 +1,194 @@
+package node
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func noEnv(string) string { return "" }
+
+func TestFlagsOfTheComposeFileAreAccepted(t *testing.T) {
+	args := []string{"--node-name=k3s", "--tls-san=k3s", "--disable=traefik", "--disable=servicelb",
+		"--disable=metrics-server", "--disable=local-storage", "--disable-default-registry-endpoint",
+		"--resolv-conf=/etc/rancher/k3s/resolv.conf"}
+	env := map[string]string{"K3S_KUBECONFIG_OUTPUT": "/output/kubeconfig.yaml", "K3S_KUBECONFIG_MODE": "644"}
+	cfg, err := LoadConfig(args, func(k string) string { return env[k] }, filepath.Join(t.TempDir(), "none.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NodeName != "k3s" || cfg.KubeconfigOutput != "/output/kubeconfig.yaml" || cfg.KubeconfigMode != "644" {
+		t.Fatalf("got %+v", cfg)
+	}
+	if !cfg.DisableDefaultRegistryEndpoint || cfg.Disabled("coredns") || !cfg.Disabled("traefik") {
+		t.Fatalf("got %+v", cfg)
+	}
+}
+
+func TestConfigDropInsAddUp(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.yaml")
+	must(t, os.WriteFile(file, []byte("kubelet-arg: [max-pods=50]\n"), 0o644))
+	must(t, os.MkdirAll(file+".d", 0o755))
+	must(t, os.WriteFile(filepath.Join(file+".d", "50-local.yaml"),
+		[]byte("kubelet-arg+:\n  - fail-cgroupv1=false\nrestrict-oom-score-adj: true\n"), 0o644))
+	cfg, err := LoadConfig([]string{"--kubelet-arg=v=2"}, noEnv, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"max-pods=50", "fail-cgroupv1=false", "v=2"}
+	if strings.Join(cfg.KubeletArgs, " ") != strings.Join(want, " ") || !cfg.RestrictOOMScoreAdj {
+		t.Fatalf("kubelet args %v, restrict %v", cfg.KubeletArgs, cfg.RestrictOOMScoreAdj)
+	}
+	args := kubeletArgs(cfg, Layout{DataDir: "/d"})
+	if !contains(args, "--fail-cgroupv1=false") {
+		t.Fatalf("kubelet args: %v", args)
+	}
+}
+
+func TestUnknownFlagsAndKeysAreRefusedClearly(t *testing.T) {
+	if _, err := LoadConfig([]string{"--flannel-backend=none"}, noEnv, "/nonexistent"); err == nil ||
+		!strings.Contains(err.Error(), "flannel-backend") {
+		t.Fatalf("want an error naming the flag, got %v", err)
+	}
+	if _, err := LoadConfig([]string{"--disable=trafik"}, noEnv, "/nonexistent"); err == nil ||
+		!strings.Contains(err.Error(), "unknown component") {
+		t.Fatalf("got %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "config.yaml")
+	must(t, os.WriteFile(file, []byte("cluster-init: true\n"), 0o644))
+	if _, err := LoadConfig(nil, noEnv, file); err == nil || !strings.Contains(err.Error(), `unknown key "cluster-init"`) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestMirrorWithoutDefaultEndpoint(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "registries.yaml")
+	must(t, os.WriteFile(file, []byte("mirrors:\n  \"registry:5000\":\n    endpoint:\n      - \"http://registry:5000\"\n"), 0o644))
+	regs, err := LoadRegistries(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	with, _ := regs.HostsFiles(false)
+	without, _ := regs.HostsFiles(true)
+	got := with["registry:5000/hosts.toml"]
+	if !strings.Contains(got, `server = "https://registry:5000"`) || !strings.Contains(got, `[host."http://registry:5000"]`) {
+		t.Fatalf("with the default endpoint:\n%s", got)
+	}
+	got = without["registry:5000/hosts.toml"]
+	if !strings.Contains(got, `server = "http://registry:5000"`) || strings.Contains(got, "https") || strings.Contains(got, "[host.") {
+		t.Fatalf("without the default endpoint:\n%s", got)
+	}
+	must(t, os.WriteFile(file, []byte("configs:\n  registry:5000:\n    auth: {username: a}\n"), 0o644))
+	if _, err := LoadRegistries(file); err == nil || !strings.Contains(err.Error(), "not implemented") {
+		t.Fatalf("configs must be refused, got %v", err)
+	}
+}
+
+func TestLeafIsRemadeOnlyWhenItsNamesChange(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := EnsureCA(filepath.Join(dir, "ca"), "test-ca")
+	must(t, err)
+	spec := CertSpec{CommonName: "kube-apiserver", DNSNames: []string{"k3s"}, IPs: []net.IP{net.ParseIP("10.0.0.2")}, Server: true}
+	made, err := EnsureLeaf(filepath.Join(dir, "leaf"), ca, spec)
+	must(t, err)
+	again, err := EnsureLeaf(filepath.Join(dir, "leaf"), ca, spec)
+	must(t, err)
+	spec.IPs = []net.IP{net.ParseIP("10.0.0.3")}
+	moved, err := EnsureLeaf(filepath.Join(dir, "leaf"), ca, spec)
+	must(t, err)
+	if !made || again || !moved {
+		t.Fatalf("made %v, again %v, after a new node IP %v", made, again, moved)
+	}
+	same, err := EnsureCA(filepath.Join(dir, "ca"), "test-ca")
+	must(t, err)
+	if !same.Cert.Equal(ca.Cert) {
+		t.Fatal("the CA must be kept across starts")
+	}
+}
+
+func TestAPIServerNamesCoverHostContainersAndPods(t *testing.T) {
+	cfg, err := LoadConfig([]string{"--tls-san=k3s", "--node-name=k3s", "--node-ip=172.18.0.5"}, noEnv, "/nonexistent")
+	must(t, err)
+	dns, ips := apiServerSANs(cfg)
+	for _, name := range []string{"k3s", "localhost", "kubernetes.default.svc.cluster.local"} {
+		if !contains(dns, name) {
+			t.Errorf("%s missing from %v", name, dns)
+		}
+	}
+	if joinIPs(ips) != "127.0.0.1, 10.43.0.1, 172.18.0.5" {
+		t.Errorf("IPs: %s", joinIPs(ips))
+	}
+}
+
+func TestApplierAppliesChangesAndDeletesRemovedFiles(t *testing.T) {
+	dir := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(dir, "sub", ".hidden"), 0o755))
+	for name, text := range map[string]string{
+		"a.yaml": "a", "sub/b.yaml": "b", "sub/.hidden/c.yaml": "c", "skipped.yaml": "d",
+		"skipped.yaml.skip": "", "notes.txt": "e",
+	} {
+		must(t, os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644))
+	}
+	var calls []string
+	a := &Applier{Dir: dir, Kubectl: func(_ context.Context, args ...string) ([]byte, error) {
+		file := args[len(args)-1]
+		if strings.HasPrefix(file, dir) {
+			file = strings.TrimPrefix(file, dir+"/")
+		} else {
+			raw, _ := os.ReadFile(file)
+			file = "removed:" + string(raw)
+		}
+		calls = append(calls, args[0]+" "+file)
+		return []byte("ok"), nil
+	}}
+	a.Pass(context.Background())
+	a.Pass(context.Background()) // nothing changed: nothing applied
+	must(t, os.WriteFile(filepath.Join(dir, "a.yaml"), []byte("a2"), 0o644))
+	must(t, os.Remove(filepath.Join(dir, "sub", "b.yaml")))
+	a.Pass(context.Background())
+	want := "apply a.yaml|apply sub/b.yaml|apply a.yaml|delete removed:b"
+	if strings.Join(calls, "|") != want {
+		t.Fatalf("calls %v, want %s", calls, want)
+	}
+}
+
+func TestVersionsMatchGoMod(t *testing.T) {
+	env, err := os.ReadFile("../../versions.env")
+	must(t, err)
+	mod, err := os.ReadFile("../../go.mod")
+	must(t, err)
+	versions := map[string]string{}
+	for _, line := range strings.Split(string(env), "\n") {
+		if key, value, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			versions[key] = value
+		}
+	}
+	for module, key := range map[string]string{"k8s.io/kubernetes": "KUBERNETES_VERSION", "go.etcd.io/etcd/server/v3": "ETCD_VERSION"} {
+		if !strings.Contains(string(mod), module+" "+versions[key]) {
+			t.Errorf("go.mod does not require %s %s (versions.env %s)", module, versions[key], key)
+		}
+	}
+	if !strings.Contains(defaultCoreDNSImage, versions["COREDNS_VERSION"]) {
+		t.Errorf("CoreDNS image %s does not carry COREDNS_VERSION %s", defaultCoreDNSImage, versions["COREDNS_VERSION"])
+	}
+}
+
+func TestSubcommandFromArgv0(t *testing.T) {
+	for argv, want := range map[string]string{"/bin/kubectl get pods": "kubectl", "/bin/k3s server --x": "server", "k3s": "help"} {
+		name, _ := Subcommand(strings.Fields(argv))
+		if name != want {
+			t.Errorf("%s: got %s, want %s", argv, name, want)
+		}
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
