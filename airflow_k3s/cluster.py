@@ -141,9 +141,9 @@ def pod_label_value(value: str) -> str:
 
 def pod_selector(dag_id: str, task_id: str = "", run_id: str = "", try_number: int = 0) -> str:
     """The label selector of a task's worker pods (labels the KubernetesExecutor sets)."""
-    labels = {"dag_id": dag_id}
+    labels = {"dag_id": pod_label_value(dag_id)}
     if task_id:
-        labels["task_id"] = task_id
+        labels["task_id"] = pod_label_value(task_id)
     if run_id:
         labels["run_id"] = pod_label_value(run_id)
     if try_number:
@@ -169,8 +169,9 @@ def pod_problem(pod: dict[str, Any]) -> str:
             state = (cs.get("state") or {}).get(kind)
             if state and state.get("reason") not in (None, "Completed"):
                 text = f"{cs['name']}: {state['reason']}"
-                if state.get("message"):
-                    text += f": {state['message'].strip().splitlines()[0][:300]}"
+                message = (state.get("message") or "").strip()
+                if message:
+                    text += f": {message.splitlines()[0][:300]}"
                 if kind == "terminated":
                     text += f" (exit code {state.get('exitCode')})"
                 parts.append(text)

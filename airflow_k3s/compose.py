@@ -7,7 +7,6 @@ too: they read what compose says.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
 from airflow_k3s.exits import ExitCode, UserError
-from airflow_k3s.rendering import SECRET_KEYS
+from airflow_k3s.rendering import SECRET_KEYS, render_env_file, write_private
 from airflow_k3s.settings import Settings
 
 MIN_COMPOSE = (2, 24, 0)
@@ -45,19 +44,29 @@ def docker_errors() -> Iterator[None]:
 
 
 def client(cfg: Settings) -> DockerClient:
-    """The compose client of this stack: its files, project, directory and .env."""
-    os.environ.update(cfg.compose_env)
-    if not cfg.env_file.exists():
-        # Before the first `up` there are no secrets; commands that only look (status, down,
-        # doctor) still need the file to interpolate. `up` writes .env before it gets here.
-        for key in SECRET_KEYS:
-            os.environ.setdefault(key, "not-generated-yet")
+    """The compose client of this stack: its files, project, directory and env files.
+
+    The values the task library decides (image source, state dir) go into a generated env file
+    after .env, never into this process's environment: a shell variable still wins, as compose
+    does it, and nothing leaks into the next command of the same process."""
     return DockerClient(
         compose_files=list(cfg.compose_files),
         compose_project_name=cfg.project,
         compose_project_directory=cfg.root,
-        compose_env_files=[cfg.env_file] if cfg.env_file.exists() else [],
+        compose_env_files=[p for p in (cfg.env_file, write_compose_env(cfg)) if p.exists()],
     )
+
+
+def write_compose_env(cfg: Settings) -> Path:
+    """.generated/compose.env: the task library's compose variables. Before the first `up` there
+    are no secrets yet; commands that only look (status, down, doctor) still need compose to
+    interpolate, so placeholders stand in (`up` writes .env before it gets here)."""
+    values = dict(cfg.compose_env)
+    if not cfg.env_file.exists():
+        values.update(dict.fromkeys(SECRET_KEYS, "not-generated-yet"))
+    path = cfg.generated / "compose.env"
+    write_private(path, render_env_file(values))
+    return path
 
 
 def plain() -> DockerClient:

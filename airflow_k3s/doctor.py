@@ -1,13 +1,13 @@
 """`invoke doctor`: checks of the machine before anything starts, and one policy that judges them.
 
-Each probe returns a Check; :func:`judge` decides, for the image source in use, which failures
-matter (IMAGES=local needs neither pulls nor --privileged) and what the verdict is.
+Each probe returns a Check, judged for the image source in use: IMAGES=local needs no pulls and
+no --privileged, but the node's explicit capability set; IMAGES=upstream needs both.
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +175,3 @@ def run_checks(cfg: Settings, pull: bool) -> list[Check]:
     if pull:
         checks.append(probe_pull(cfg))
     return checks
-
-
-def judge(checks: list[Check]) -> tuple[list[Check], list[str]]:
-    """The checks as printed, and the names of those that fail."""
-    shown = [replace(c) for c in checks]
-    return shown, [c.name for c in shown if not c.ok]

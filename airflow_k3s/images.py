@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -100,11 +101,29 @@ def build_image(
     }
     if dockerfile is not None:
         kwargs["file"] = dockerfile
-    if has_buildx():
-        docker.build(context, load=True, builder="default", **kwargs)
-    else:
-        docker.legacy_build(context, **kwargs)
+    try:
+        if has_buildx():
+            docker.build(context, load=True, builder="default", **kwargs)
+        else:
+            docker.legacy_build(context, **kwargs)
+    except DockerException as exc:
+        detail = ((exc.stdout or "") + "\n" + (exc.stderr or str(exc))).strip().splitlines()
+        print("\n".join(f"    {line}" for line in detail[-30:]), file=sys.stderr)
+        raise UserError(
+            f"building {tag} failed: {detail[-1] if detail else exc}{hint(detail)}"
+        ) from None
     say(f"built {tag} in {time.monotonic() - started:.1f} s")
+
+
+def hint(output: list[str]) -> str:
+    """What to try when a build that downloads packages fails."""
+    text = "\n".join(output[-40:])
+    if any(word in text for word in ("pip install", "curl ", "go mod download", "CERTIFICATE")):
+        return (
+            " (a download failed: behind a TLS-inspecting proxy, point EXTRA_CA_BUNDLE at its CA "
+            "bundle; the end of the build's output is above)"
+        )
+    return ""
 
 
 def sync_extra_ca(cfg: Settings) -> None:

@@ -9,11 +9,14 @@ import base64
 import json
 import os
 import secrets
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from airflow_k3s.exits import ExitCode, UserError
 
 #: Keys of the generated, git-ignored .env. All components share them; none is ever committed.
 SECRET_KEYS = (
@@ -29,8 +32,12 @@ WORKER_SECRET_NAME = "airflow-worker-env"
 ADMIN_USER = "admin"
 
 
-class SetupError(Exception):
-    """A problem the user can fix; the message says what to do."""
+class SetupError(UserError):
+    """A problem with a file of the install (.env, a kubeconfig, the connection config): the
+    message says what to do. The task library reports it as one line with ExitCode.USAGE."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.USAGE)
 
 
 def rewrite_kubeconfig(kubeconfig: str, server: str) -> str:
@@ -159,9 +166,11 @@ def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` with mode 600 (created that way, never world-readable), through
     a temporary file and a rename: a reader (k3s watching its manifests) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:  # mkstemp creates it with mode 600
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -125,7 +125,8 @@ class Settings:
             project=merged.get("COMPOSE_PROJECT_NAME", "airflow-k3s"),
             ports=ports,
             extra_ca_bundle=merged.get("EXTRA_CA_BUNDLE", ""),
-            secrets={k: dotenv[k] for k in SECRET_KEYS if k in dotenv},
+            # compose lets a shell variable beat .env; so do we.
+            secrets={k: merged[k] for k in SECRET_KEYS if k in merged},
             root=root,
             state_dir=state_dir,
             airflow_image=merged.get("AIRFLOW_IMAGE")

@@ -41,9 +41,11 @@ def ensure_secrets(cfg: Settings) -> Settings:
         say(f"generating secrets into {env_file} (git-ignored, mode 600)")
         write_private(env_file, render_env_file(updated))
     os.chmod(env_file, 0o600)
-    secret = render_worker_secret(worker_environment(cfg, updated))
+    # What compose will use: a value exported in the shell beats .env.
+    effective = {k: os.environ.get(k) or updated[k] for k in SECRET_KEYS}
+    secret = render_worker_secret(worker_environment(cfg, effective))
     write_private(cfg.generated / "k3s" / f"{WORKER_SECRET_NAME}.yaml", secret)
-    return dataclasses.replace(cfg, secrets={k: updated[k] for k in SECRET_KEYS})
+    return dataclasses.replace(cfg, secrets=effective)
 
 
 def port_taken(port: int, host: str = "127.0.0.1") -> bool:

@@ -1,13 +1,14 @@
-"""A stack owned by a test session (integration and e2e tiers), driven through the task library.
+"""A stack owned by a test session (the Docker tiers), driven through the task library.
 
 Like Airflow's docker-tests: a unique compose project and state dir, free ports, diagnostics dumped
 on failure, teardown with `invoke clean` unless AIRFLOW_K3S_KEEP_STACK=1, and a check that nothing
 of the project is left behind. Without a Docker engine the tiers FAIL, unless the user opts out
-with AIRFLOW_K3S_SKIP_DOCKER_TESTS=1 (then they skip, saying so).
+with AIRFLOW_K3S_SKIP_DOCKER_TESTS=1 (then they skip, saying so loudly).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -26,23 +27,24 @@ import boto3
 import pytest
 from python_on_whales import DockerClient
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "dags"))
+from airflow_k3s import compose
+from airflow_k3s.airflow_api import AirflowAPI
+from airflow_k3s.settings import ROOT, Settings, published_ports
 
-import tasks  # noqa: E402  (the task library under test)
-
-SERVICES_LOCAL = {
+SERVICES = {
     "postgres",
     "s3",
     "mockserver",
     "registry",
+    "k3s",
     "airflow-init",
     "airflow-apiserver",
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
 }
+DEMO = "demo_rest_to_s3"
+DEMO_TASKS = {"fetch", "upload", "verify"}
 
 
 def require_docker() -> None:
@@ -58,8 +60,8 @@ def require_docker() -> None:
             "NO DOCKER ENGINE: the stack tier did NOT run (AIRFLOW_K3S_SKIP_DOCKER_TESTS=1)"
         )
     pytest.fail(
-        "no Docker engine answers: this tier needs one (tests/images/ensure-docker.sh "
-        "starts one on Debian; AIRFLOW_K3S_SKIP_DOCKER_TESTS=1 skips it on purpose)",
+        "no Docker engine answers: this tier needs one (local/ensure-docker.sh starts one on "
+        "Debian; AIRFLOW_K3S_SKIP_DOCKER_TESTS=1 skips it on purpose)",
         pytrace=False,
     )
 
@@ -80,8 +82,8 @@ class Stack:
     env: dict[str, str]
 
     @property
-    def settings(self) -> tasks.Settings:
-        return tasks.Settings.load(environ=self.env)
+    def settings(self) -> Settings:
+        return Settings.load(environ=self.env)
 
     def invoke(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """Run a task of the task library as a user would; echo its output for the test log."""
@@ -106,17 +108,40 @@ class Stack:
         assert digest.startswith("sha256:"), result.stdout
         return digest
 
-    def run_dag(self, dag_id: str, timeout: int = 600) -> str:
+    def run_dag(self, dag_id: str, timeout: int = 600, conf: str = "") -> str:
         """`invoke trigger-dag DAG --wait`, which must succeed; the run id."""
-        result = self.invoke(
-            "trigger-dag", dag_id, "--wait", "--timeout", str(timeout), timeout=timeout + 120
-        )
+        args = ["trigger-dag", dag_id, "--wait", "--timeout", str(timeout)]
+        if conf:
+            args += ["--conf", conf]
+        result = self.invoke(*args, timeout=timeout + 120)
         assert result.returncode == 0, f"{dag_id} failed:\n{result.stderr[-6000:]}"
         assert "ended: success" in result.stderr
         return result.stdout.strip().splitlines()[-1]
 
+    def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """kubectl against the stack's cluster (the host's kubeconfig copy)."""
+        cfg = self.settings
+        kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"
+        return subprocess.run(
+            [kubectl, "--kubeconfig", str(cfg.host_kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+
+    def kubectl_json(self, *args: str) -> Any:
+        result = self.kubectl(*args, "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def pods(self, selector: str) -> list[dict[str, Any]]:
+        """Pods of the default namespace matching a label selector, oldest first."""
+        items: list[dict[str, Any]] = self.kubectl_json("get", "pods", "-l", selector)["items"]
+        return sorted(items, key=lambda p: str(p["metadata"]["creationTimestamp"]))
+
     def docker(self) -> DockerClient:
-        return tasks.compose(self.settings)
+        return compose.client(self.settings)
 
     def s3(self) -> Any:
         cfg = self.settings
@@ -141,9 +166,9 @@ class Stack:
                     raise
                 time.sleep(1)
 
-    def api(self) -> tasks.AirflowAPI:
+    def api(self) -> AirflowAPI:
         cfg = self.settings
-        return tasks.AirflowAPI(cfg.airflow_url, cfg.secrets["AIRFLOW_ADMIN_PASSWORD"])
+        return AirflowAPI(cfg.airflow_url, cfg.secrets["AIRFLOW_ADMIN_PASSWORD"])
 
     def leftovers(self) -> list[str]:
         """Containers, networks and volumes of this project that still exist."""
@@ -153,12 +178,6 @@ class Stack:
             f"container {c.name}"
             for c in docker.container.list(all=True, filters=[("label", label)])
         ]
-        found += [
-            f"container {c.name}"
-            for c in docker.container.list(
-                all=True, filters=[("label", f"airflow-k3s.project={self.project}")]
-            )
-        ]
         found += [f"network {n.name}" for n in docker.network.list(filters=[("label", label)])]
         found += [f"volume {v.name}" for v in docker.volume.list(filters=[("label", label)])]
         return found
@@ -167,9 +186,25 @@ class Stack:
         print("=" * 30, f"diagnostics of project {self.project}", "=" * 30)
         self.invoke("status", timeout=120)
         self.invoke("logs", "--tail", "80", timeout=120)
-        if self.images == "upstream":  # k3s: the pods' descriptions and the cluster's events
-            self.invoke("kubectl", "--", "describe", "pods", timeout=120)
-            self.invoke("kubectl", "--", "get", "events", "-A", "--sort-by=.lastTimestamp")
+        for args in (
+            ("describe", "pods", "-A"),
+            ("get", "events", "-A", "--sort-by=.lastTimestamp"),
+        ):
+            result = self.kubectl(*args)
+            print(f"$ kubectl {' '.join(args)}\n{result.stdout[-12000:]}{result.stderr[-2000:]}")
+
+
+def stack_env(images: str, project: str, state_dir: Path) -> dict[str, str]:
+    """The environment of a test stack: its own project, state dir and free ports."""
+    env = {
+        **os.environ,
+        "IMAGES": images,
+        "COMPOSE_PROJECT_NAME": project,
+        "AIRFLOW_K3S_STATE_DIR": str(state_dir),
+    }
+    for port in published_ports():
+        env[port.variable] = str(free_port())
+    return env
 
 
 @contextmanager
@@ -178,17 +213,9 @@ def running_stack(request: pytest.FixtureRequest, images: str) -> Iterator[Stack
     require_docker()
     project = f"airflow-k3s-test-{uuid.uuid4().hex[:8]}"
     state_dir = Path(tempfile.mkdtemp(prefix=f"{project}-"))
-    env = {
-        **os.environ,
-        "IMAGES": images,
-        "COMPOSE_PROJECT_NAME": project,
-        "AIRFLOW_K3S_STATE_DIR": str(state_dir),
-    }
-    for name in tasks.PORTS:
-        env[name] = str(free_port())
-    stack = Stack(images=images, project=project, state_dir=state_dir, env=env)
+    stack = Stack(images, project, state_dir, stack_env(images, project, state_dir))
     failed_before = request.session.testsfailed
-    up = stack.invoke("up", timeout=2400)
+    up = stack.invoke("up", timeout=3600)
     try:
         if up.returncode != 0:
             pytest.fail(

@@ -43,9 +43,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import free_port  # noqa: E402
-
 import tasks  # noqa: E402  (the task library being measured)
+from tests.harness import free_port  # noqa: E402
 
 DAG = tasks.DEMO_DAG
 DAG_FILE = Path("dags") / "demo_rest_to_s3.py"

@@ -1,22 +1,23 @@
-"""End to end with k3s: the demo DAG's tasks run as pods in k3s from the registry's worker image.
-
-Needs a machine that can pull the pinned upstream images and run privileged containers; where it
-cannot, `invoke up` fails and so does this tier (it never skips silently).
+"""End to end on the cluster: the KubernetesExecutor runs each task as a pod on the k3s node, from
+the worker image in the registry, and everything a task touches is checked where it lives: the pod
+objects through kubectl, the shared volume on the node, S3, the task logs through the API.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from typing import Any
 
 import pytest
-from demo_lib import object_key
-from harness import Stack
+from demo_lib import object_key, sanitise_run_id
 
-DAG = "demo_rest_to_s3"
-TASKS = {"fetch", "upload", "verify"}
+from airflow_k3s.cluster import pod_label_value
+from tests.harness import DEMO, DEMO_TASKS, Stack
+
 pytestmark = pytest.mark.docker
+WORKER_IMAGE = "registry:5000/airflow-worker:latest"
 
 
 @pytest.fixture(scope="module")
@@ -28,53 +29,200 @@ def pushed_digest(stack: Stack) -> str:
 @pytest.fixture(scope="module")
 def demo_run(stack: Stack, pushed_digest: str) -> str:
     """The demo DAG run to success through the task library (after the push)."""
-    return stack.run_dag(DAG, timeout=900)
+    return stack.run_dag(DEMO, timeout=600)
 
 
-def kubectl_json(stack: Stack, *args: str) -> Any:
-    result = stack.invoke("kubectl", "--", *args, "-o", "json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+def run_pods(stack: Stack, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+    """task_id -> its newest pod, for one run, once every pod of the run has ended: a task's
+    state is final before its pod is (the worker uploads the task's log after reporting it)."""
+    selector = f"dag_id={dag_id},run_id={pod_label_value(run_id)}"
+    deadline = time.monotonic() + 120
+    while True:
+        pods = stack.pods(selector)
+        phases = {p["metadata"]["name"]: p["status"].get("phase") for p in pods}
+        if pods and all(phase in ("Succeeded", "Failed") for phase in phases.values()):
+            return {p["metadata"]["labels"]["task_id"]: p for p in pods}
+        assert time.monotonic() < deadline, f"pods of {run_id} did not end: {phases}"
+        time.sleep(1)
 
 
-def test_kubectl_passthrough_reaches_the_cluster(stack: Stack) -> None:
-    nodes = kubectl_json(stack, "get", "nodes")["items"]
-    assert len(nodes) == 1
-    ready = {c["type"]: c["status"] for c in nodes[0]["status"]["conditions"]}
-    assert ready["Ready"] == "True"
-    claim = kubectl_json(stack, "get", "pvc", "airflow-shared")
-    assert claim["status"]["phase"] == "Bound"
-    missing = stack.invoke("kubectl", "--", "get", "pod", "no-such-pod")
-    assert missing.returncode != 0, "kubectl's exit code is passed through"
-
-
-def test_each_task_ran_as_a_pod_from_the_registry_image(
+def test_each_demo_task_ran_in_its_own_pod_from_the_pushed_digest(
     stack: Stack, demo_run: str, pushed_digest: str
 ) -> None:
-    pods = kubectl_json(stack, "get", "pods", "-l", f"dag_id={DAG}")["items"]
-    by_task = {p["metadata"]["labels"]["task_id"]: p for p in pods}
-    assert set(by_task) == TASKS
+    by_task = run_pods(stack, DEMO, demo_run)
+    assert set(by_task) == DEMO_TASKS
+    assert len({p["metadata"]["name"] for p in by_task.values()}) == 3
     for task_id, pod in by_task.items():
         assert pod["status"]["phase"] == "Succeeded", task_id
+        assert pod["spec"]["nodeName"] == "k3s"
         container = pod["spec"]["containers"][0]
-        assert container["image"] == "registry:5000/airflow-worker:latest"
+        assert container["name"] == "base"
+        assert container["image"] == WORKER_IMAGE
         status = pod["status"]["containerStatuses"][0]
         assert status["imageID"].endswith(pushed_digest), (task_id, status["imageID"])
-        mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        assert "/shared" in mounts
+        assert status["state"]["terminated"]["exitCode"] == 0
+        assert pod["spec"]["securityContext"]["runAsUser"] == 50000
+        claims = [
+            v["persistentVolumeClaim"]["claimName"]
+            for v in pod["spec"]["volumes"]
+            if "persistentVolumeClaim" in v
+        ]
+        assert claims == ["airflow-shared"]
+
+
+def test_the_file_fetch_wrote_is_on_the_shared_volume(stack: Stack, demo_run: str) -> None:
+    claim = stack.kubectl_json("get", "pvc", "airflow-shared")
+    assert claim["status"]["phase"] == "Bound"
+    assert claim["spec"]["volumeName"] == "airflow-shared"
+    # The PV is a hostPath on the node: the file is there, where upload and verify read it.
+    path = f"/var/lib/airflow-shared/{sanitise_run_id(demo_run)}/orders.json"
+    on_node = stack.docker().compose.execute("k3s", ["cat", path], tty=False)
+    served = mockserver_orders(stack)
+    assert json.loads(str(on_node)) == served
+
+
+def mockserver_orders(stack: Stack) -> Any:
+    url = f"http://127.0.0.1:{stack.settings.ports['MOCKSERVER_PORT']}/api/v1/orders"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def test_s3_object_equals_what_mockserver_served(stack: Stack, demo_run: str) -> None:
-    cfg = stack.settings
-    url = f"http://127.0.0.1:{cfg.ports['MOCKSERVER_PORT']}/api/v1/orders"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        served = json.loads(response.read())
     body = stack.s3().get_object(Bucket="airflow-data", Key=object_key(demo_run))["Body"].read()
+    served = mockserver_orders(stack)
     assert json.loads(body) == served
+    assert len(served["orders"]) == 3
 
 
-def test_task_logs_are_in_s3(stack: Stack, demo_run: str) -> None:
-    for task_id in sorted(TASKS):
-        key = f"logs/dag_id={DAG}/run_id={demo_run}/task_id={task_id}/attempt=1.log"
-        assert stack.s3_object("airflow-logs", key).strip()
-        assert stack.api().task_log(DAG, demo_run, task_id, 1).strip()
+def test_every_task_log_is_in_s3_and_readable_through_the_api(stack: Stack, demo_run: str) -> None:
+    api = stack.api()
+    for task_id in sorted(DEMO_TASKS):
+        key = f"logs/dag_id={DEMO}/run_id={demo_run}/task_id={task_id}/attempt=1.log"
+        text = stack.s3_object("airflow-logs", key).decode()
+        assert "Done. Returned value was" in text, f"{task_id}'s log in S3 is incomplete"
+        through_api = api.task_log(DEMO, demo_run, task_id, 1)
+        assert f"s3://airflow-logs/{key}" in through_api, "the api-server read the log from S3"
+        assert "Done. Returned value was" in through_api
+
+
+def test_a_pod_resolves_the_compose_services(stack: Stack, pushed_digest: str) -> None:
+    """Pod DNS: CoreDNS forwards to the node's bridge to Docker's embedded resolver."""
+    names = ["s3", "mockserver", "airflow-apiserver", "registry", "postgres"]
+    script = (
+        f"import json, socket; print(json.dumps({{n: socket.gethostbyname(n) for n in {names!r}}}))"
+    )
+    name = "e2e-dns-check"
+    stack.kubectl("delete", "pod", name, "--ignore-not-found", "--wait=true")
+    created = stack.kubectl(
+        "run",
+        name,
+        f"--image={WORKER_IMAGE}",
+        "--restart=Never",
+        "--command",
+        "--",
+        "python",
+        "-c",
+        script,
+    )
+    assert created.returncode == 0, created.stderr
+    deadline = time.monotonic() + 180
+    while (phase := stack.kubectl_json("get", "pod", name)["status"].get("phase")) not in (
+        "Succeeded",
+        "Failed",
+    ):
+        assert time.monotonic() < deadline, f"pod {name} still {phase}"
+        time.sleep(2)
+    logs = stack.kubectl("logs", name)
+    assert phase == "Succeeded", logs.stdout + logs.stderr
+    resolved = json.loads(logs.stdout.strip().splitlines()[-1])
+    containers = {
+        (c.config.labels or {})["com.docker.compose.service"]: c
+        for c in stack.docker().compose.ps()
+    }
+    for service in names:
+        ips = {n.ip_address for n in (containers[service].network_settings.networks or {}).values()}
+        assert resolved[service] in ips, (service, resolved[service], ips)
+    stack.kubectl("delete", "pod", name, "--wait=false")
+
+
+def test_a_running_tasks_log_is_readable_through_the_api_while_it_runs(stack: Stack) -> None:
+    """While the task runs, the api-server reads its log from the pod (kube API); after, S3."""
+    result = stack.invoke("trigger-dag", "example_progress", "--conf", '{"seconds": 40}')
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip().splitlines()[-1]
+    api = stack.api()
+    deadline = time.monotonic() + 240
+    seen = ""
+    while time.monotonic() < deadline:
+        state, tis = api.run_state("example_progress", run_id)
+        ti = tis.get("progress", {})
+        if ti.get("state") == "running":
+            seen = api.task_log("example_progress", run_id, "progress", 1)
+            if "progress 3/40" in seen:
+                break
+        assert state not in ("success", "failed"), (
+            f"the run ended ({state}) before its log was read"
+        )
+        time.sleep(2)
+    assert "progress 3/40" in seen, f"no progress lines while running:\n{seen[-2000:]}"
+    assert api.run_state("example_progress", run_id)[1]["progress"]["state"] == "running"
+    print("log while running (from the pod):", seen[-600:])
+
+
+def test_pod_override_resources_volume_and_image(stack: Stack, pushed_digest: str) -> None:
+    """executor_config={"pod_override": ...} as the cncf provider documents it, on the cluster."""
+    alt = build_alt_worker(stack)
+    run_id = stack.run_dag("example_pod_override", timeout=600)
+    by_task = run_pods(stack, "example_pod_override", run_id)
+    assert set(by_task) == {"sized", "scratch", "other_image"}
+    api = stack.api()
+    sized = by_task["sized"]["spec"]["containers"][0]["resources"]
+    assert sized["limits"]["memory"] == "700Mi"
+    assert sized["requests"] == {"cpu": "50m", "memory": "200Mi"}
+    assert by_task["sized"]["metadata"]["labels"]["airflow-k3s/example"] == "sized"
+    assert api.xcom("example_pod_override", run_id, "sized")["memory_limit"] == 700 * 1024 * 1024
+    volumes = {v["name"] for v in by_task["scratch"]["spec"]["volumes"]}
+    assert {"scratch", "shared"} <= volumes
+    assert api.xcom("example_pod_override", run_id, "scratch") == {
+        "scratch": "written in the scratch volume",
+        "shared_mounted": True,
+    }
+    other = by_task["other_image"]
+    assert other["spec"]["containers"][0]["image"] == "registry:5000/airflow-worker:alt"
+    assert other["status"]["containerStatuses"][0]["imageID"].endswith(alt)
+    assert api.xcom("example_pod_override", run_id, "other_image") == {"variant": "alt"}
+
+
+def build_alt_worker(stack: Stack) -> str:
+    """A variant of the worker image (a marker file more) pushed as :alt; its digest."""
+    cfg = stack.settings
+    docker = stack.docker()
+    alt = cfg.worker_image.rsplit(":", 1)[0] + ":alt"
+    context = stack.state_dir / "alt-worker"
+    context.mkdir(exist_ok=True)
+    (context / "Dockerfile").write_text(
+        f"FROM {cfg.worker_image}\nRUN echo alt > /opt/airflow/IMAGE_VARIANT\n"
+    )
+    docker.legacy_build(context, tags=[alt])
+    docker.image.push(alt, quiet=True)
+    repo = alt.rsplit(":", 1)[0]
+    digests = docker.image.inspect(alt).repo_digests
+    return next(d.split("@", 1)[1] for d in digests if d.startswith(repo + "@"))
+
+
+def test_a_failed_try_is_retried_in_a_fresh_pod(stack: Stack) -> None:
+    run_id = stack.run_dag("example_retry", timeout=600)
+    run_pods(stack, "example_retry", run_id)  # both tries' pods have ended
+    pods = stack.pods(f"dag_id=example_retry,run_id={pod_label_value(run_id)}")
+    by_try = {p["metadata"]["labels"]["try_number"]: p for p in pods}
+    assert set(by_try) == {"1", "2"}, "one pod per try"
+    api = stack.api()
+    tries = api.get(f"/api/v2/dags/example_retry/dagRuns/{run_id}/taskInstances/flaky/tries")
+    states = {t["try_number"]: t["state"] for t in tries["task_instances"]}
+    assert states[2] == "success"
+    assert states[1] in ("failed", "up_for_retry"), states
+    assert "failing try 1 on purpose" in api.task_log("example_retry", run_id, "flaky", 1)
+    result = api.xcom("example_retry", run_id, "flaky")
+    assert result["try"] == 2
+    assert result["first_try_pod"] == by_try["1"]["metadata"]["name"]
+    assert result["pod"] == by_try["2"]["metadata"]["name"]

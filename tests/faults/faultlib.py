@@ -1,4 +1,4 @@
-"""Helpers of the faults tier: polling, the demo run's state through the REST API."""
+"""Helpers of the faults tier: polling, a run's state through the REST API, pods on the cluster."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import Stack
 
-DAG = "demo_rest_to_s3"
+from airflow_k3s import compose
+from airflow_k3s.cluster import pod_label_value
+from tests.harness import DEMO, Stack
+
+DAG = DEMO
 
 
 def wait_for(what: str, check: Any, timeout: float, poll: float = 0.5) -> Any:
@@ -26,33 +29,36 @@ def wait_for(what: str, check: Any, timeout: float, poll: float = 0.5) -> Any:
         time.sleep(poll)
 
 
-def task_states(stack: Stack, run_id: str) -> tuple[str, dict[str, tuple[str, int]]]:
+def task_states(
+    stack: Stack, run_id: str, dag_id: str = DAG
+) -> tuple[str, dict[str, tuple[str, int]]]:
     """The run's state and each task's (state, try_number)."""
-    state, tis = stack.api().run_state(DAG, run_id)
+    state, tis = stack.api().run_state(dag_id, run_id)
     return state, {
         t: (str(ti.get("state") or ""), int(ti.get("try_number") or 0)) for t, ti in tis.items()
     }
 
 
-def trigger(stack: Stack) -> str:
-    """Trigger the demo DAG through the task library (no --wait); return the run id."""
-    result = stack.invoke("trigger-dag", DAG, timeout=300)
+def trigger(stack: Stack, dag_id: str = DAG, conf: str = "") -> str:
+    """Trigger a DAG through the task library (no --wait); return the run id."""
+    args = ["trigger-dag", dag_id] + (["--conf", conf] if conf else [])
+    result = stack.invoke(*args, timeout=300)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
 
 
 def wait_run(
-    stack: Stack, run_id: str, timeout: float = 420
+    stack: Stack, run_id: str, dag_id: str = DAG, timeout: float = 420
 ) -> tuple[str, dict[str, tuple[str, int]]]:
     """Wait for the run to end; return its final state and the tasks' (state, try).
 
     API errors while a fault lasts (e.g. 500 while postgres restarts) are printed and polled
-    through: ``errors`` collects them for the test to look at."""
+    through."""
     errors: list[str] = []
 
     def ended() -> tuple[str, dict[str, tuple[str, int]]] | None:
         try:
-            state = task_states(stack, run_id)
+            state = task_states(stack, run_id, dag_id)
         except httpx.HTTPError as exc:
             errors.append(str(exc).splitlines()[0])
             print(f"API error while polling: {errors[-1]}")
@@ -64,6 +70,31 @@ def wait_run(
     )
     print(f"run {run_id}: {final}; API errors meanwhile: {len(errors)}")
     return final
+
+
+def running_pod(stack: Stack, run_id: str) -> str:
+    """The name of a worker pod of the run that is Running now, or ''."""
+    result = stack.kubectl(
+        "get",
+        "pods",
+        "-l",
+        f"run_id={pod_label_value(run_id)}",
+        "--field-selector=status.phase=Running",
+        "-o",
+        "name",
+    )
+    return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
+
+
+def wait_healthy(stack: Stack, timeout: float = 300) -> None:
+    docker = stack.docker()
+    expected = set(docker.compose.config(return_json=True)["services"])
+    wait_for(
+        "every service to be healthy again",
+        lambda: not compose.not_ready(compose.service_states(docker), expected),
+        timeout,
+        poll=2,
+    )
 
 
 def variant(stack: Stack, **env: str) -> Stack:

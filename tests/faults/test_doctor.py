@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from faults.faultlib import variant
-from harness import Stack
+
+from tests.faults.faultlib import variant
+from tests.harness import Stack
 
 pytestmark = pytest.mark.docker
 CHECK_LINE = re.compile(r"^(ok  |FAIL)  ([a-z ]+): \S.*$")
@@ -35,6 +36,7 @@ def test_doctor_says_ready_with_local_images(stack: Stack) -> None:
     # The running stack's own ports count as ours, not as a conflict.
     assert "free or ours" in found["ports"][1]
     assert "not needed with IMAGES=local" in found["image pulls"][1]
+    assert "capability set" in found["privileged"][1]
 
 
 def test_doctor_fails_for_upstream_images_and_says_what_to_do(stack: Stack) -> None:
@@ -48,7 +50,7 @@ def test_doctor_fails_for_upstream_images_and_says_what_to_do(stack: Stack) -> N
     assert failed <= {"image pulls", "privileged"}, found
     assert "use IMAGES=local" in found["image pulls"][1]
     if "privileged" in failed:
-        assert "IMAGES=local runs the rest without it" in found["privileged"][1]
+        assert "IMAGES=local runs a node with an explicit capability set" in found["privileged"][1]
     verdict = result.stderr.strip().splitlines()[-1]
     in_order = ", ".join(name for name in found if name in failed)
     assert verdict == f"doctor: {len(failed)} check(s) failed: {in_order}"

@@ -1,6 +1,6 @@
 """Security of a real install: per-install secrets, private files, loopback ports, privileges,
-users, and no default credentials. Reads `docker compose config` of both image sources, the running
-stack (IMAGES=local) and the worker containers the stand-in built from the generated pod spec.
+users, no default credentials, and what the cluster lets worker pods do. Reads `docker compose
+config` of both image sources, the running stack and the worker pods of a demo run on the cluster.
 
 Static rules of the compose files are in tests/unit/test_compose.py; these check what compose and
 Docker actually resolve and run.
@@ -16,15 +16,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import airflow_k3s as ak
 import boto3
 import httpx
 import pytest
 from botocore.exceptions import ClientError
-from faults.faultlib import DAG, variant
-from harness import Stack
 
-import tasks
+from airflow_k3s.cluster import pod_label_value, write_kubeconfigs
+from airflow_k3s.rendering import ADMIN_USER, SECRET_KEYS, parse_env_file
+from airflow_k3s.settings import Settings
+from tests.faults.faultlib import DAG, variant
+from tests.harness import Stack
 
 pytestmark = pytest.mark.docker
 AIRFLOW_SERVICES = {
@@ -43,9 +44,9 @@ LOCAL_USERS = {
     "airflow-apiserver": "50000:0",  # the Airflow image's user, set in x-airflow-common
     "airflow-dag-processor": "50000:0",
     "airflow-triggerer": "50000:0",
-    # IMAGES=local only: the stand-in executor drives Docker through its socket (root in k3s
-    # mode it is 50000:0, see the upstream config below).
-    "airflow-scheduler": "0:0",
+    "airflow-scheduler": "50000:0",
+    # The Kubernetes node runs containerd, mounts and iptables: root, as in rancher/k3s.
+    "k3s": "0:0",
 }
 
 
@@ -55,7 +56,7 @@ def mode(path: Path) -> int:
 
 def compose_config(stack: Stack, images: str) -> dict[str, Any]:
     """`docker compose config` as the task library runs compose for ``images``."""
-    cfg = tasks.Settings.load(environ={**stack.env, "IMAGES": images})
+    cfg = Settings.load(environ={**stack.env, "IMAGES": images})
     env = {**stack.env, **cfg.compose_env}
     if images == "upstream":
         env.pop("PYTHON_BASE_IMAGE", None)
@@ -69,15 +70,11 @@ def compose_config(stack: Stack, images: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def demo_pods(stack: Stack) -> list[Any]:
-    """The worker containers of one successful demo run (built from the generated pod spec)."""
-    result = stack.invoke("trigger-dag", DAG, "--wait", "--timeout", "400")
-    assert result.returncode == 0, result.stderr[-4000:]
-    run_id = result.stdout.strip().splitlines()[-1]
-    pods = tasks.standin_pods(
-        stack.docker(), stack.settings, f"pod.label/run_id={tasks.pod_label_value(run_id)}"
-    )
-    assert len(pods) == 3, [p.name for p in pods]
+def demo_pods(stack: Stack) -> list[dict[str, Any]]:
+    """The worker pods of one successful demo run, as the API server has them."""
+    run_id = stack.run_dag(DAG, timeout=400)
+    pods = stack.pods(f"run_id={pod_label_value(run_id)}")
+    assert len(pods) == 3, [p["metadata"]["name"] for p in pods]
     return pods
 
 
@@ -88,8 +85,8 @@ def test_secrets_are_generated_per_install_and_private(stack: Stack, tmp_path: P
         result = other.invoke("secrets", timeout=120)
         assert result.returncode == 0, result.stderr
         installs.append(tmp_path / name)
-    values = [ak.parse_env_file((d / ".env").read_text()) for d in installs]
-    for key in ak.SECRET_KEYS:
+    values = [parse_env_file((d / ".env").read_text()) for d in installs]
+    for key in SECRET_KEYS:
         seen = [v[key] for v in values]
         assert all(len(s) >= 16 for s in seen), key
         assert len(set(seen)) == len(seen), f"{key} is the same in two installs"
@@ -107,31 +104,39 @@ def test_kubeconfig_copies_are_private(stack: Stack, tmp_path: Path) -> None:
         "current-context: default\nusers:\n- name: default\n  user:\n"
         "    client-certificate-data: Y2VydA==\n    client-key-data: a2V5\n"
     )
-    cfg = tasks.Settings.load(
+    cfg = Settings.load(
         environ={**stack.env, "AIRFLOW_K3S_STATE_DIR": str(tmp_path), "K3S_API_PORT": "16443"}
     )
-    host, containers = tasks.write_kubeconfigs(cfg, raw)
+    host, containers = write_kubeconfigs(cfg, raw)
     assert mode(host) == 0o600
     assert mode(containers) == 0o600
     assert "server: https://127.0.0.1:16443" in host.read_text()
     assert "server: https://k3s:6443" in containers.read_text()
+    # The running stack's own copies too (`invoke up` wrote them).
+    for path in (
+        stack.settings.host_kubeconfig,
+        stack.state_dir / ".generated" / "kubeconfig-containers.yaml",
+    ):
+        assert mode(path) == 0o600, path
 
 
 @pytest.mark.parametrize("images", ["upstream", "local"])
 def test_resolved_compose_config_is_locked_down(stack: Stack, images: str) -> None:
     services = compose_config(stack, images)["services"]
-    assert ("k3s" in services) == (images == "upstream")
     for name, svc in services.items():
         for port in svc.get("ports", []):
             assert port["host_ip"] == "127.0.0.1", f"{images}/{name} publishes {port}"
-        assert bool(svc.get("privileged")) == (name == "k3s"), f"{images}/{name} privileged"
-        assert not svc.get("cap_add"), name
+        privileged = images == "upstream" and name == "k3s"
+        assert bool(svc.get("privileged")) == privileged, f"{images}/{name} privileged"
+        # Only the local node gets capabilities, and never SYS_RESOURCE (refused by these hosts).
+        caps = set(svc.get("cap_add") or [])
+        assert bool(caps) == (images == "local" and name == "k3s"), f"{images}/{name} cap_add"
+        assert "SYS_RESOURCE" not in caps
         assert svc.get("network_mode") in (None, "default") or "host" not in svc["network_mode"]
         sockets = [v for v in svc.get("volumes", []) if v.get("source") == "/var/run/docker.sock"]
-        root_ok = images == "local" and name == "airflow-scheduler"
-        assert bool(sockets) == root_ok, f"{images}/{name} mounts the Docker socket"
+        assert not sockets, f"{images}/{name} mounts the Docker socket"
         if name in AIRFLOW_SERVICES:
-            assert svc["user"] == ("0:0" if root_ok else "50000:0"), f"{images}/{name}"
+            assert svc["user"] == "50000:0", f"{images}/{name}"
     published = {name for name, svc in services.items() if svc.get("ports")}
     assert "postgres" not in published, "the metadata DB is not published"
 
@@ -145,21 +150,45 @@ def test_running_containers_users(stack: Stack) -> None:
         uid = next(ln.split()[1] for ln in status.splitlines() if ln.startswith("Uid:"))
         gid = next(ln.split()[1] for ln in status.splitlines() if ln.startswith("Gid:"))
         users[service] = f"{uid}:{gid}"
-        assert not container.host_config.privileged, service
+        assert not container.host_config.privileged, service  # IMAGES=local: nothing is
     print("PID 1 of each service runs as:", json.dumps(users, indent=1, sort_keys=True))
     assert users == LOCAL_USERS
-    assert [s for s, u in users.items() if u.startswith("0:")] == ["airflow-scheduler"]
+    assert [s for s, u in users.items() if u.startswith("0:")] == ["k3s"]
 
 
-def test_worker_pods_run_as_the_airflow_user_unprivileged(demo_pods: list[Any]) -> None:
+def test_worker_pods_run_as_non_root_without_privilege_escalation(
+    demo_pods: list[dict[str, Any]],
+) -> None:
     for pod in demo_pods:
-        assert pod.config.user == "50000:0", pod.name  # runAsUser 50000, runAsGroup 0
-        assert not pod.host_config.privileged
-        assert not pod.host_config.cap_add
-        assert "/var/run/docker.sock" not in [m.source for m in pod.mounts]
-        env = dict(e.split("=", 1) for e in pod.config.env or [])
-        assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in env
-        assert "AIRFLOW__CORE__FERNET_KEY" not in env, "workers get no Fernet key"
+        spec = pod["spec"]
+        assert spec["securityContext"]["runAsUser"] == 50000
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        container = spec["containers"][0]
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context.get("privileged") is not True
+        assert context["capabilities"]["drop"] == ["ALL"]
+        assert not spec.get("hostNetwork")
+        assert not spec.get("hostPID")
+        assert not [v for v in spec["volumes"] if "hostPath" in v], "no hostPath in worker pods"
+        env_from = [e["secretRef"]["name"] for e in container["envFrom"]]
+        assert env_from == ["airflow-worker-env"]
+
+
+def test_worker_secret_has_no_database_or_fernet_secrets(stack: Stack) -> None:
+    data = stack.kubectl_json("get", "secret", "airflow-worker-env")["data"]
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in data, "workers need no DB"
+    assert "AIRFLOW__CORE__FERNET_KEY" not in data, "workers get no Fernet key"
+    assert "AIRFLOW__API_AUTH__JWT_SECRET" not in data, "workers get a token, not the key"
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(data)
+
+
+def test_worker_pods_service_account_cannot_touch_the_cluster(stack: Stack) -> None:
+    """The default ServiceAccount worker pods run as may not read secrets or make pods."""
+    account = "system:serviceaccount:default:default"
+    for verb, resource in [("get", "secrets"), ("create", "pods"), ("list", "nodes")]:
+        result = stack.kubectl("auth", "can-i", verb, resource, f"--as={account}")
+        assert result.stdout.strip() == "no", (verb, resource, result.stdout, result.stderr)
 
 
 def test_no_default_credentials(stack: Stack) -> None:
@@ -171,7 +200,7 @@ def test_no_default_credentials(stack: Stack) -> None:
         assert response.status_code in (400, 401, 403), (user, password, response.status_code)
     ok = httpx.post(
         f"{cfg.airflow_url}/auth/token",
-        json={"username": ak.ADMIN_USER, "password": cfg.secrets["AIRFLOW_ADMIN_PASSWORD"]},
+        json={"username": ADMIN_USER, "password": cfg.secrets["AIRFLOW_ADMIN_PASSWORD"]},
     )
     assert ok.status_code in (200, 201)
     assert httpx.get(f"{cfg.airflow_url}/api/v2/dags").status_code == 401, "the API needs a login"

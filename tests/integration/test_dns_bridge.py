@@ -1,19 +1,18 @@
 """Pod DNS bridging of k3s/entrypoint.sh, exercised without k3s.
 
-k3s cannot run on every machine that runs these tests, but the DNS part of its entrypoint only
-needs what a k3s container has: a user-defined Docker network (so Docker's embedded resolver and
-its DOCKER_OUTPUT chain exist), iptables and iproute2. A container of
-tests/images/dnstest.Dockerfile plays the k3s container, a network namespace inside it plays a pod
-(a veth pair, like the one k3s's CNI makes), and `dig` in that namespace must resolve a
-compose-style network alias (`postgres`) through the nameserver the entrypoint wrote into the
-resolv.conf it hands to k3s.
+The e2e tier proves pods resolve compose names on the real cluster; this module tries the variants
+one engine cannot show at once: an engine whose firewall backend leaves no DOCKER_OUTPUT chain
+(nftables), a container without Docker's embedded DNS, and a restart of the entrypoint. A
+container of tests/fixtures/dnstest.Dockerfile plays the k3s container, a network namespace inside
+it plays a pod (a veth pair, like the one the node's CNI makes), and `dig` in that namespace must
+resolve a compose-style network alias (`postgres`) through the nameserver the entrypoint wrote
+into the resolv.conf it hands to k3s.
 
 Needs a Docker engine. Without one the tests FAIL, unless AIRFLOW_K3S_SKIP_DOCKER_TESTS=1.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
@@ -24,18 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from harness import require_docker
 from python_on_whales import Container, DockerException, docker
 
-import tasks  # the task library (on sys.path through conftest and harness)
+from airflow_k3s import images
+from airflow_k3s.settings import LOCAL_DEBIAN_IMAGE, Settings
+from tests.harness import require_docker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO_ROOT / "k3s" / "entrypoint.sh"
 MANIFESTS = REPO_ROOT / "k3s" / "manifests"
-IMAGES_DIR = REPO_ROOT / "tests" / "images"
-DNSTEST_DOCKERFILE = IMAGES_DIR / "dnstest.Dockerfile"
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
+DNSTEST_DOCKERFILE = FIXTURES_DIR / "dnstest.Dockerfile"
 DNSTEST_IMAGE = "airflow-k3s/dnstest:test"
-DEFAULT_DEBIAN_IMAGE = "airflow-k3s/debian:bookworm-local"
 
 # Where the entrypoint lives in the k3s service (docker-compose.yml) and in these containers.
 ENTRYPOINT_IN_CONTAINER = "/airflow-k3s/entrypoint.sh"
@@ -129,14 +128,14 @@ def resources() -> Iterator[Resources]:
 @pytest.fixture(scope="module")
 def dnstest_image() -> str:
     require_docker()  # fails without an engine, unless AIRFLOW_K3S_SKIP_DOCKER_TESTS=1
-    debian_image = os.environ.get("AIRFLOW_K3S_DEBIAN_IMAGE", DEFAULT_DEBIAN_IMAGE)
-    if debian_image == DEFAULT_DEBIAN_IMAGE and not docker.image.exists(debian_image):
+    debian_image = os.environ.get("AIRFLOW_K3S_DEBIAN_IMAGE", LOCAL_DEBIAN_IMAGE)
+    if debian_image == LOCAL_DEBIAN_IMAGE and not docker.image.exists(debian_image):
         # A cold machine: make the local Debian base the way `invoke up` does (IMAGES=local).
-        tasks.ensure_local_bases(docker, tasks.Settings.load())
+        images.ensure_local_bases(docker, Settings.load())
     # `docker build`: BuildKit where the CLI has it, the classic builder otherwise. The Dockerfile
     # needs neither cache mounts nor secrets, so both work.
     docker.legacy_build(
-        IMAGES_DIR,
+        FIXTURES_DIR,
         file=DNSTEST_DOCKERFILE,
         tags=[DNSTEST_IMAGE],
         build_args={"DEBIAN_IMAGE": debian_image},
@@ -307,15 +306,63 @@ def test_dns_setup_is_idempotent(node: Container, pod_netns: str, target_ip: str
         assert resolve_from_pod(node, pod_netns, nameserver, TARGET_ALIAS, tcp=tcp) == target_ip
 
 
-def test_fails_loudly_without_docker_output_chain(resources: Resources, dnstest_image: str) -> None:
-    # The default bridge network has no embedded DNS, hence no DOCKER_OUTPUT chain.
+def test_engines_without_docker_output_chain_work_too(
+    resources: Resources, dnstest_image: str, user_network: str, target_ip: str
+) -> None:
+    """An engine with the nftables firewall backend keeps its DNS rules out of iptables: no
+    DOCKER_OUTPUT chain. Removing Docker's chains here leaves the same view; the resolver's ports
+    come from its sockets, so pods still resolve compose names."""
+    nft_node = start_node(resources, dnstest_image, f"{NAME_PREFIX}-nft", user_network)
+    check(
+        nft_node,
+        """
+        set -eu
+        for save in iptables-nft-save iptables-legacy-save; do
+            tool="${save%-save}"
+            $save -t nat | grep -q '^:DOCKER_OUTPUT ' || continue
+            $tool -t nat -D OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT
+            $tool -t nat -D POSTROUTING -d 127.0.0.11/32 -j DOCKER_POSTROUTING
+            $tool -t nat -F DOCKER_OUTPUT; $tool -t nat -X DOCKER_OUTPUT
+            $tool -t nat -F DOCKER_POSTROUTING; $tool -t nat -X DOCKER_POSTROUTING
+        done
+        ! iptables-nft-save -t nat | grep -q DOCKER_OUTPUT
+        ! iptables-legacy-save -t nat | grep -q DOCKER_OUTPUT
+        """,
+    )
+    result = run_in(nft_node, f"sh {ENTRYPOINT_IN_CONTAINER}", envs={"AIRFLOW_K3S_DNS_ONLY": "1"})
+    assert result.return_code == 0, f"{result.stdout}\n{result.stderr}"
+    assert "no DOCKER_OUTPUT chain in any iptables backend" in result.stderr
+    check(
+        nft_node,
+        f"""
+        set -eu
+        ip netns add {POD_NETNS}
+        ip link add vpod-node type veth peer name vpod-pod
+        ip link set vpod-pod netns {POD_NETNS}
+        ip addr add {POD_GATEWAY}/24 dev vpod-node
+        ip link set vpod-node up
+        ip -n {POD_NETNS} link set lo up
+        ip -n {POD_NETNS} addr add {POD_IP}/24 dev vpod-pod
+        ip -n {POD_NETNS} link set vpod-pod up
+        ip -n {POD_NETNS} route add default via {POD_GATEWAY}
+        """,
+    )
+    nameserver = nameserver_of(nft_node)
+    for tcp in (False, True):
+        assert resolve_from_pod(nft_node, POD_NETNS, nameserver, TARGET_ALIAS, tcp) == target_ip
+
+
+def test_fails_loudly_without_dockers_embedded_dns(
+    resources: Resources, dnstest_image: str
+) -> None:
+    # The default bridge network has no embedded DNS resolver.
     bridge_node = start_node(resources, dnstest_image, f"{NAME_PREFIX}-bridge", "bridge")
     result = run_in(
         bridge_node, f"sh {ENTRYPOINT_IN_CONTAINER}", envs={"AIRFLOW_K3S_DNS_ONLY": "1"}
     )
-    assert result.return_code != 0, f"succeeded without DOCKER_OUTPUT:\n{result.stdout}"
-    assert "DOCKER_OUTPUT" in result.stderr, f"stderr does not name the chain:\n{result.stderr}"
-    assert "ERROR" in result.stderr
+    assert result.return_code != 0, f"succeeded without embedded DNS:\n{result.stdout}"
+    assert "ERROR: Docker's embedded DNS resolver does not listen on 127.0.0.11" in result.stderr
+    assert "user-defined network" in result.stderr
     assert result.stdout.strip() == "", f"no resolver IP should be printed:\n{result.stdout}"
 
 
@@ -323,14 +370,14 @@ def test_full_start_prepares_and_execs_k3s(
     resources: Resources, dnstest_image: str, user_network: str
 ) -> None:
     """Steps b.-d. with a stub in place of /bin/k3s (the only part k3s itself would do)."""
+    dest = "/tmp/k3s-manifests"
     full_node = start_node(
         resources,
         dnstest_image,
         f"{NAME_PREFIX}-full",
         user_network,
-        extra_volumes=[(MANIFESTS, "/airflow-k3s/manifests")],
+        extra_volumes=[(MANIFESTS, f"{dest}/airflow-k3s")],
     )
-    dest = "/tmp/k3s-manifests"
     check(
         full_node,
         f"""
@@ -338,16 +385,11 @@ def test_full_start_prepares_and_execs_k3s(
         printf '%s\\n' '#!/bin/sh' 'echo "stub-pid=$$"' 'for a in "$@"; do echo "arg=$a"; done' \\
             >/tmp/fake-k3s
         chmod +x /tmp/fake-k3s
-        mkdir -p {dest}
-        echo 'stale: true' >{dest}/airflow-k3s-gone.yaml
+        echo 'stale: true' >{dest}/airflow-k3s-shared-volume.yaml
         echo 'other: true' >{dest}/someone-else.yaml
         """,
     )
-    envs = {
-        "AIRFLOW_K3S_BIN": "/tmp/fake-k3s",
-        "AIRFLOW_K3S_MANIFESTS_DEST": dest,
-        "AIRFLOW_K3S_GENERATED_SRC": "/airflow-k3s/generated",  # absent: the Secret is missing
-    }
+    envs = {"AIRFLOW_K3S_BIN": "/tmp/fake-k3s", "AIRFLOW_K3S_MANIFESTS_DIR": dest}
     result = run_in(
         full_node,
         f'echo "shell-pid=$$"; '
@@ -363,19 +405,13 @@ def test_full_start_prepares_and_execs_k3s(
     assert args == ["server", "--tls-san=k3s", "--disable=traefik", f"--resolv-conf={RESOLV_CONF}"]
 
     assert "CreateContainerConfigError" in result.stderr, "no warning about the missing Secret"
-
+    assert f"manifests: {dest}/airflow-k3s (the repo's k3s/manifests)" in result.stderr
     listing = check(full_node, f"ls {dest}").split()
-    expected = sorted(f"airflow-k3s-{p.name}" for p in MANIFESTS.glob("*.yaml"))
-    assert sorted(n for n in listing if n.startswith("airflow-k3s-")) == expected
+    assert "airflow-k3s-shared-volume.yaml" not in listing, "an old copy must go"
     assert "someone-else.yaml" in listing, "files not ours must be left alone"
-    for manifest in MANIFESTS.glob("*.yaml"):
-        copied = check(full_node, f"sha256sum < {dest}/airflow-k3s-{manifest.name}").split()[0]
-        assert copied == hashlib.sha256(manifest.read_bytes()).hexdigest(), manifest.name
-
     assert check(full_node, "stat -c '%u:%g %a' /var/lib/airflow-shared").strip() == "50000:0 2775"
 
     # A second start (container restart) ends in the same state.
     again = run_in(full_node, f"sh {ENTRYPOINT_IN_CONTAINER} server", envs=envs)
     assert again.return_code == 0, f"{again.stdout}\n{again.stderr}"
-    listing = check(full_node, f"ls {dest}").split()
-    assert sorted(n for n in listing if n.startswith("airflow-k3s-")) == expected
+    assert sorted(check(full_node, f"ls {dest}").split()) == sorted(listing)

@@ -1,35 +1,36 @@
-"""The stack for real, without k3s (IMAGES=local): services, registry round trip, the demo DAG.
-
-The tasks run where pods would run them: the stand-in executor (tests/standin) builds each pod with
-the cncf provider's PodGenerator from the pod template, and runs its container from the worker image
-pulled back from the registry. These tests prove it by digest.
+"""The stack's services for real: every service healthy on loopback ports, the worker image's round
+trip through the registry, the Kubernetes node itself, the configuration compose resolves, and the
+answers to bad input. The DAG side is the e2e tier's.
 """
 
 from __future__ import annotations
 
 import json
-import urllib.request
+import subprocess
 
 import httpx
 import pytest
-from demo_lib import object_key
-from harness import SERVICES_LOCAL, Stack
 
-DAG = "demo_rest_to_s3"
-TASKS = {"fetch", "upload", "verify"}
+from airflow_k3s.settings import Settings
+from tests.harness import SERVICES, Stack
+
 pytestmark = pytest.mark.docker
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
-@pytest.fixture(scope="module")
-def pushed_digest(stack: Stack) -> str:
-    """The worker image's digest in the registry (`invoke push` again: idempotent)."""
-    return stack.push()
-
-
-@pytest.fixture(scope="module")
-def demo_run(stack: Stack, pushed_digest: str) -> str:
-    """The demo DAG run to success through the task library (after the push)."""
-    return stack.run_dag(DAG, timeout=600)
+def compose_config(stack: Stack, images: str) -> dict[str, object]:
+    """`docker compose config` as the task library runs compose for ``images``."""
+    cfg = Settings.load(environ={**stack.env, "IMAGES": images})
+    cmd = ["docker", "compose", "--project-directory", str(cfg.root), "-p", cfg.project]
+    for file in cfg.compose_files:
+        cmd += ["-f", str(file)]
+    cmd += ["--env-file", str(cfg.env_file), "config", "--format", "json"]
+    env = {**stack.env, **cfg.compose_env}
+    if images == "upstream":
+        env.pop("PYTHON_BASE_IMAGE", None)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    config: dict[str, object] = json.loads(result.stdout)
+    return config
 
 
 def test_every_service_is_healthy_on_loopback_ports(stack: Stack) -> None:
@@ -38,86 +39,69 @@ def test_every_service_is_healthy_on_loopback_ports(stack: Stack) -> None:
     seen = {
         line.split()[0]: line.split()[1]
         for line in states.stdout.splitlines()
-        if line.split() and line.split()[0] in SERVICES_LOCAL
+        if line.split() and line.split()[0] in SERVICES
     }
-    assert set(seen) == SERVICES_LOCAL
+    assert set(seen) == SERVICES
     for service, state in seen.items():
-        assert state == ("exited(0)" if service == "airflow-init" else "healthy"), service
+        want = {"airflow-init": "exited(0)", "mockserver": "running"}.get(service, "healthy")
+        assert state == want, service
     for container in stack.docker().compose.ps():
         for bindings in (container.network_settings.ports or {}).values():
             for binding in bindings or []:
                 assert binding["HostIp"] == "127.0.0.1", (container.name, binding)
 
 
-def test_worker_image_round_trips_through_the_registry(stack: Stack, pushed_digest: str) -> None:
+@pytest.mark.parametrize("images", ["upstream", "local"])
+def test_both_image_sources_run_the_kubernetes_executor(stack: Stack, images: str) -> None:
+    services = compose_config(stack, images)["services"]
+    assert isinstance(services, dict)
+    for name in ("airflow-scheduler", "airflow-apiserver", "airflow-dag-processor"):
+        env = services[name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "KubernetesExecutor", (images, name)
+    assert "k3s" in services, "both image sources run the cluster"
+    k3s = services["k3s"]
+    assert bool(k3s.get("privileged")) == (images == "upstream")
+    if images == "local":
+        assert "SYS_RESOURCE" not in k3s["cap_add"]
+        assert k3s["image"].endswith("-local")
+
+
+def test_worker_image_round_trips_through_the_registry(stack: Stack) -> None:
+    pushed = stack.push()
     cfg = stack.settings
     registry = f"http://127.0.0.1:{cfg.ports['REGISTRY_PORT']}"
     head = httpx.head(
-        f"{registry}/v2/airflow-worker/manifests/latest",
-        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        f"{registry}/v2/airflow-worker/manifests/latest", headers={"Accept": MANIFEST_V2}
     )
-    assert head.headers["Docker-Content-Digest"] == pushed_digest
+    assert head.headers["Docker-Content-Digest"] == pushed
     docker = stack.docker()
     docker.image.remove(cfg.worker_image, force=True)
     docker.image.pull(cfg.worker_image, quiet=True)
     repo = cfg.worker_image.rsplit(":", 1)[0]
-    assert f"{repo}@{pushed_digest}" in docker.image.inspect(cfg.worker_image).repo_digests
+    assert f"{repo}@{pushed}" in docker.image.inspect(cfg.worker_image).repo_digests
 
 
-def test_demo_tasks_ran_as_pods_from_the_registry_image(
-    stack: Stack, demo_run: str, pushed_digest: str
-) -> None:
-    cfg = stack.settings
-    docker = stack.docker()
-    pods = [
-        p
-        for p in docker.container.list(
-            all=True,
-            filters=[
-                ("label", "airflow-k3s.standin=pod"),
-                ("label", f"airflow-k3s.project={stack.project}"),
-                ("label", f"pod.label/dag_id={DAG}"),
-            ],
-        )
-    ]
-    by_task = {(p.config.labels or {})["pod.label/task_id"]: p for p in pods}
-    assert set(by_task) == TASKS, "each task runs in its own pod"
-    repo = cfg.worker_image.rsplit(":", 1)[0]
-    for task_id, pod in by_task.items():
-        assert pod.state.exit_code == 0, task_id
-        assert pod.config.image == f"{repo}@{pushed_digest}", "ran the image pulled by digest"
-        assert (pod.config.labels or {})["airflow-k3s.image-digest"].endswith(pushed_digest)
-        assert pod.config.user == "50000:0"
-        env = dict(e.split("=", 1) for e in pod.config.env or [])
-        assert (
-            env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
-            == "http://airflow-apiserver:8080/execution/"
-        )
-        assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "True"
-        assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in env, "workers need no DB"
-        mounts = {m.destination: m.name for m in pod.mounts}
-        assert mounts.get("/shared") == f"{stack.project}_shared-data"
+def test_the_node_is_one_ready_node_named_k3s_with_coredns(stack: Stack) -> None:
+    nodes = stack.kubectl_json("get", "nodes")["items"]
+    assert [n["metadata"]["name"] for n in nodes] == ["k3s"]
+    conditions = {c["type"]: c["status"] for c in nodes[0]["status"]["conditions"]}
+    assert conditions["Ready"] == "True"
+    info = nodes[0]["status"]["nodeInfo"]
+    assert info["kubeletVersion"].startswith("v1.36.")
+    assert info["containerRuntimeVersion"].startswith("containerd://")
+    coredns = stack.kubectl_json("-n", "kube-system", "get", "deployment", "coredns")
+    assert coredns["status"].get("availableReplicas") == 1
+    claim = stack.kubectl_json("get", "pvc", "airflow-shared")
+    assert claim["status"]["phase"] == "Bound"
 
 
-def test_s3_object_equals_what_the_endpoint_served(stack: Stack, demo_run: str) -> None:
-    cfg = stack.settings
-    url = f"http://127.0.0.1:{cfg.ports['MOCKSERVER_PORT']}/api/v1/orders"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        served = json.loads(response.read())
-    body = stack.s3().get_object(Bucket="airflow-data", Key=object_key(demo_run))["Body"].read()
-    assert json.loads(body) == served
-    assert len(served["orders"]) == 3
-
-
-def test_every_task_log_is_in_s3_and_readable_through_the_api(stack: Stack, demo_run: str) -> None:
-    api = stack.api()
-    for task_id in sorted(TASKS):
-        key = f"logs/dag_id={DAG}/run_id={demo_run}/task_id={task_id}/attempt=1.log"
-        text = stack.s3_object("airflow-logs", key).decode()
-        assert "Done. Returned value was" in text, f"{task_id}'s log in S3 is incomplete"
-        through_api = api.task_log(DAG, demo_run, task_id, 1)
-        assert f"s3://airflow-logs/{key}" in through_api, "the api-server read the log from S3"
-        assert "Done. Returned value was" in through_api
+def test_kubectl_passthrough_keeps_kubectls_exit_code(stack: Stack) -> None:
+    listed = stack.invoke("kubectl", "--", "get", "nodes")
+    assert listed.returncode == 0
+    assert "k3s" in listed.stdout
+    missing = stack.invoke("kubectl", "--", "get", "pod", "no-such-pod")
+    assert missing.returncode == 1
+    assert 'pods "no-such-pod" not found' in missing.stderr
 
 
 @pytest.mark.parametrize(
@@ -126,11 +110,10 @@ def test_every_task_log_is_in_s3_and_readable_through_the_api(stack: Stack, demo
         (
             ["trigger-dag", "no_such_dag"],
             6,
-            "unknown DAG id 'no_such_dag'; known DAGs: demo_rest_to_s3",
+            "unknown DAG id 'no_such_dag'; known DAGs: ",
         ),
-        (["trigger-dag", DAG, "--conf", "{not json"], 2, "--conf is not valid JSON"),
-        (["trigger-dag", DAG, "--conf", "[1, 2]"], 2, "--conf must be a JSON object"),
-        (["kubectl", "--", "get", "pods"], 8, "needs k3s, which IMAGES=local does not run"),
+        (["trigger-dag", "demo_rest_to_s3", "--conf", "{not json"], 2, "--conf is not valid JSON"),
+        (["trigger-dag", "demo_rest_to_s3", "--conf", "[1, 2]"], 2, "--conf must be a JSON object"),
     ],
 )
 def test_bad_input_gets_one_clear_line(
@@ -149,7 +132,7 @@ def test_stack_not_running_is_said_plainly(stack: Stack) -> None:
         state_dir=stack.state_dir,
         env={**stack.env, "COMPOSE_PROJECT_NAME": "airflow-k3s-not-running"},
     )
-    result = other.invoke("trigger-dag", DAG)
+    result = other.invoke("trigger-dag", "demo_rest_to_s3")
     assert result.returncode == 4
     assert "the stack is not running" in result.stderr
     assert "Traceback" not in result.stderr

@@ -2,7 +2,8 @@
 
 Airflow reads its configuration when first imported, so the environment is set here, before any
 test module imports it: a throw-away AIRFLOW_HOME, this repository's DAGs folder, no examples.
-The repository's airflow/ (airflow_k3s.py) and dags/ (demo_lib.py) folders go on sys.path.
+The task library (airflow_k3s/), tasks.py and dags/ are importable through pytest's pythonpath
+(pyproject.toml).
 """
 
 from __future__ import annotations
@@ -10,19 +11,16 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from airflow_k3s import rendering
+
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
-
-for _folder in (REPO / "airflow", DAGS):
-    if str(_folder) not in sys.path:
-        sys.path.insert(0, str(_folder))
 
 _HOME = tempfile.mkdtemp(prefix="airflow-k3s-unit-")
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
@@ -46,26 +44,20 @@ def repo() -> Path:
 @pytest.fixture
 def airflow_config() -> dict[str, str]:
     """airflow/airflow.env, the one source of Airflow configuration, parsed."""
-    import airflow_k3s
-
-    return airflow_k3s.parse_env_file((REPO / "airflow" / "airflow.env").read_text())
+    return rendering.parse_env_file((REPO / "airflow" / "airflow.env").read_text())
 
 
 @pytest.fixture
 def fake_secrets() -> dict[str, str]:
     """A generated .env with recognisable FAKE values (the Fernet key is a real, random one)."""
-    import airflow_k3s
-
     counter = iter(range(100))
-    return airflow_k3s.generate_secrets({}, token=lambda: f"FAKEsecret{next(counter):02d}xyzxyzxyz")
+    return rendering.generate_secrets({}, token=lambda: f"FAKEsecret{next(counter):02d}xyzxyzxyz")
 
 
 @pytest.fixture
 def worker_secret_manifest(airflow_config: dict[str, str], fake_secrets: dict[str, str]) -> str:
     """The worker Secret exactly as `invoke up` renders it, from airflow.env and fake secrets."""
-    import airflow_k3s
-
-    return airflow_k3s.render_worker_secret(airflow_k3s.worker_env(airflow_config, fake_secrets))
+    return rendering.render_worker_secret(rendering.worker_env(airflow_config, fake_secrets))
 
 
 WORKLOAD_ARGS = [

@@ -10,13 +10,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import airflow_k3s
 import pytest
 import yaml
 
+from airflow_k3s import rendering, settings
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
-LOCAL_FILE = REPO / "tests" / "images" / "compose.local.yml"
+LOCAL_FILE = REPO / "local" / "compose.local.yml"
 AIRFLOW_SERVICES = {
     "airflow-init",
     "airflow-apiserver",
@@ -112,13 +113,146 @@ def test_published_ports_are_configurable_and_avoid_common_clashes() -> None:
     assert "5000" not in host_ports  # macOS AirPlay
 
 
+def test_published_ports_are_the_ones_the_settings_read() -> None:
+    in_file = []
+    for service, port in published_ports(COMPOSE):
+        match = INTERPOLATION.search(str(port))
+        assert match, f"{service}: {port}"
+        in_file.append((match.group(1), int(match.group(2)), service))
+    read = [(p.variable, p.default, p.service) for p in settings.published_ports(REPO)]
+    assert read == in_file
+    assert {variable for variable, _, _ in read} == {
+        "AIRFLOW_PORT",
+        "REGISTRY_PORT",
+        "S3_PORT",
+        "MOCKSERVER_PORT",
+        "K3S_API_PORT",
+    }
+
+
 def test_only_k3s_is_privileged() -> None:
     privileged = {n for n, s in SERVICES.items() if s.get("privileged")}
     assert privileged == {"k3s"}
     assert not [n for n, s in LOCAL["services"].items() if s.get("privileged")]
     for name, svc in SERVICES.items():
-        assert "SYS_ADMIN" not in svc.get("cap_add", []), name
+        assert not svc.get("cap_add"), name
+        assert not svc.get("security_opt"), name
         assert svc.get("network_mode") != "host", name
+    for name, svc in LOCAL["services"].items():
+        if name != "k3s":
+            assert not svc.get("cap_add"), name
+            assert not svc.get("security_opt"), name
+            assert svc.get("network_mode") != "host", name
+
+
+def test_the_local_node_gets_an_explicit_capability_set_instead_of_privileged() -> None:
+    node = LOCAL["services"]["k3s"]
+    assert node["privileged"] is False, "the override must switch privileged off explicitly"
+    caps = node["cap_add"]
+    assert len(caps) == len(set(caps))
+    assert "SYS_RESOURCE" not in caps, "the hosts it is for refuse CAP_SYS_RESOURCE"
+    assert "ALL" not in caps
+    assert {"SYS_ADMIN", "NET_ADMIN", "NET_RAW", "SYS_PTRACE", "MKNOD"} <= set(caps)
+    assert all(re.fullmatch(r"[A-Z_]+", cap) and not cap.startswith("CAP_") for cap in caps)
+    assert set(node["security_opt"]) == {
+        "seccomp=unconfined",
+        "apparmor=unconfined",
+        "systempaths=unconfined",
+    }
+    assert node["devices"] == ["/dev/kmsg"]
+    assert node["cgroup"] == "private"
+    # node-init runs first, then the same entrypoint as upstream's k3s service.
+    entrypoint = node["entrypoint"]
+    assert entrypoint[0] == "/usr/local/bin/airflow-k3s-node-init"
+    assert entrypoint[1:] == SERVICES["k3s"]["entrypoint"]
+
+
+def test_the_local_node_config_drop_in_is_mounted_into_k3s_config_dir() -> None:
+    volumes = LOCAL["services"]["k3s"]["volumes"]
+    assert volumes == [
+        "./local/node/config.yaml:/etc/rancher/k3s/config.yaml.d/50-airflow-k3s-local.yaml:ro"
+    ]
+    assert yaml.safe_load((REPO / "local" / "node" / "config.yaml").read_text())
+
+
+def test_every_service_of_the_override_uses_a_local_image() -> None:
+    overridden = LOCAL["services"]
+    assert set(overridden) == {"postgres", "s3", "registry", "mockserver", "k3s"}
+    assert set(overridden) <= set(SERVICES)
+    for name, svc in overridden.items():
+        image = svc["image"]
+        assert image.startswith("airflow-k3s/"), f"{name}: {image}"
+        assert image.endswith(("-local", ":local")), f"{name}: {image}"
+        upstream = resolve_defaults(SERVICES[name]["image"])
+        assert image != upstream, name
+    local_images = settings.compose_images(REPO)["local"]
+    assert {n: local_images[n] for n in overridden} == {
+        n: s["image"] for n, s in overridden.items()
+    }
+
+
+def test_local_builds_use_the_local_bases_and_their_dockerfiles_exist() -> None:
+    bases = {settings.LOCAL_DEBIAN_IMAGE, settings.LOCAL_PYTHON_IMAGE}
+    for name, svc in LOCAL["services"].items():
+        build = svc.get("build")
+        if build is None:
+            assert name == "k3s", f"{name} is neither built by compose nor by the task library"
+            continue
+        dockerfile = REPO / build["context"] / build["dockerfile"]
+        assert dockerfile.is_file(), f"{name}: {dockerfile}"
+        for arg in ("DEBIAN_IMAGE", "PYTHON_IMAGE"):
+            if arg in build["args"]:
+                assert build["args"][arg] in bases, f"{name}: {arg}={build['args'][arg]}"
+
+
+def test_mockserver_version_is_one_pin_in_three_files() -> None:
+    upstream = SERVICES["mockserver"]["image"]
+    match = re.fullmatch(r"mockserver/mockserver:(\d+\.\d+\.\d+)", upstream)
+    assert match, upstream
+    version = match.group(1)
+    assert version == "5.15.0"
+    local = LOCAL["services"]["mockserver"]
+    assert local["build"]["args"]["MOCKSERVER_VERSION"] == version
+    assert local["image"] == f"airflow-k3s/mockserver:{version}-local"
+    dockerfile = (REPO / "local" / "images" / "mockserver.Dockerfile").read_text()
+    defaults = re.findall(r"^ARG MOCKSERVER_VERSION=(\S+)$", dockerfile, re.M)
+    assert defaults == [version]
+
+
+def test_the_local_node_runs_the_minor_of_the_pinned_k3s() -> None:
+    upstream = SERVICES["k3s"]["image"]
+    match = re.fullmatch(r"rancher/k3s:v(\d+)\.(\d+)\.(\d+)-k3s\d+", upstream)
+    assert match, upstream
+    kubernetes = settings.node_versions(REPO)["KUBERNETES_VERSION"]
+    node = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)", kubernetes)
+    assert node, kubernetes
+    assert node.group(1, 2) == match.group(1, 2), f"{kubernetes} is not the minor of {upstream}"
+    assert LOCAL["services"]["k3s"]["image"] == f"airflow-k3s/k3s:{kubernetes}-local"
+
+
+def test_every_named_volume_is_declared() -> None:
+    declared = set(COMPOSE["volumes"])
+    used: set[str] = set()
+    for name, svc in {**SERVICES, "x-airflow-common": COMPOSE["x-airflow-common"]}.items():
+        for volume in svc.get("volumes", []):
+            source = str(volume).split(":")[0]
+            if not source.startswith(("./", "/", "${")):
+                assert source in declared, f"{name}: volume {source} is not declared"
+                used.add(source)
+    assert used == declared, f"declared but unused: {declared - used}"
+    k3s_volumes = {str(v).split(":")[0] for v in SERVICES["k3s"]["volumes"]}
+    assert {"k3s-data", "k3s-kubelet", "k3s-cni", "k3s-log", "k3s-node"} <= k3s_volumes
+
+
+def test_k3s_command_fixes_the_node_name_and_pulls_through_the_mirror_only() -> None:
+    command = SERVICES["k3s"]["command"]
+    assert command[0] == "server"
+    assert "--node-name=k3s" in command
+    assert "--disable-default-registry-endpoint" in command
+    assert "--disable=local-storage" in command, "the shared volume is a static PV, no provisioner"
+    assert len(command) == len(set(command))
+    # The healthcheck waits for the node by that name.
+    assert "node/k3s" in " ".join(SERVICES["k3s"]["healthcheck"]["test"])
 
 
 # --------------------------------------------------------------------------- health, ordering
@@ -205,8 +339,14 @@ def test_airflow_services_get_the_config_file_and_secrets_by_interpolation() -> 
 
 def test_k3s_mounts_the_registry_mirror_and_manifests() -> None:
     volumes = SERVICES["k3s"]["volumes"]
+    manifests = "/var/lib/rancher/k3s/server/manifests"
     assert "./k3s/registries.yaml:/etc/rancher/k3s/registries.yaml:ro" in volumes
-    assert any(v.startswith("./k3s/manifests:") for v in volumes)
+    # Subfolders of k3s's manifests folder, read-only: k3s's own manifests stay writable for it.
+    assert f"./k3s/manifests:{manifests}/airflow-k3s:ro" in volumes
+    assert f"${{AIRFLOW_K3S_GENERATED:-./.generated}}/k3s:{manifests}/airflow-k3s-generated:ro" in (
+        volumes
+    )
+    assert not [v for v in volumes if str(v).split(":")[1] == manifests]
     assert "--tls-san=k3s" in SERVICES["k3s"]["command"]
 
 
@@ -259,7 +399,7 @@ def committable_files() -> list[Path]:
 
 
 SECRET_NAMES = (
-    *airflow_k3s.SECRET_KEYS,
+    *rendering.SECRET_KEYS,
     "AIRFLOW__CORE__FERNET_KEY",
     "AIRFLOW__API_AUTH__JWT_SECRET",
     "AIRFLOW__API__SECRET_KEY",
@@ -286,6 +426,33 @@ def is_reference(value: str) -> bool:
     return value == "" or value.startswith(("${", "$(", "$")) or value in ("null", "~")
 
 
+def secret_problems(rel: Path, text: str) -> list[str]:
+    """What the scan finds in one file's text (``rel``: its path in the repository)."""
+    problems = [
+        f"{rel}: {m.group(1)} has a literal value"
+        for m in ASSIGNED.finditer(text)
+        if not is_reference(m.group(2))
+    ]
+    for pattern, what in (
+        (PEM_PRIVATE, "PEM private key"),
+        (KUBE_CLIENT_KEY, "kubeconfig client key"),
+        (AWS_KEY_ID, "AWS access key id"),
+    ):
+        if pattern.search(text):
+            problems.append(f"{rel}: {what}")
+    if rel.suffix in CONFIG_SUFFIXES or rel.name.endswith("Dockerfile"):
+        problems += [
+            f"{rel}: password value {m.group(0).strip()[:60]!r}"
+            for m in PASSWORD_VALUE.finditer(text)
+            if not is_reference(m.group(1))
+        ]
+        problems += [
+            f"{rel}: credentials in a URL ({m.group(0)[:40]})"
+            for m in URL_CREDENTIALS.finditer(text)
+        ]
+    return problems
+
+
 def test_secret_scan_finds_nothing_in_committable_files() -> None:
     files = committable_files()
     assert REPO / "docker-compose.yml" in files
@@ -296,24 +463,23 @@ def test_secret_scan_finds_nothing_in_committable_files() -> None:
             text = path.read_text()
         except UnicodeDecodeError:
             continue
-        rel = path.relative_to(REPO)
-        for m in ASSIGNED.finditer(text):
-            if not is_reference(m.group(2)):
-                problems.append(f"{rel}: {m.group(1)} has a literal value")
-        if PEM_PRIVATE.search(text):
-            problems.append(f"{rel}: PEM private key")
-        if KUBE_CLIENT_KEY.search(text):
-            problems.append(f"{rel}: kubeconfig client key")
-        if AWS_KEY_ID.search(text):
-            problems.append(f"{rel}: AWS access key id")
-        is_config = path.suffix in CONFIG_SUFFIXES or path.name.endswith("Dockerfile")
-        if is_config:
-            for m in PASSWORD_VALUE.finditer(text):
-                if not is_reference(m.group(1)):
-                    problems.append(f"{rel}: password value {m.group(0).strip()[:60]!r}")
-            for m in URL_CREDENTIALS.finditer(text):
-                problems.append(f"{rel}: credentials in a URL ({m.group(0)[:40]})")
+        problems += secret_problems(path.relative_to(REPO), text)
     assert problems == []
+
+
+def test_secret_scan_reports_each_kind_of_finding() -> None:
+    key = "-----BEGIN RSA " + "PRIVATE KEY-----"
+    assert secret_problems(Path("a.py"), f"KEY = {key!r}\n") == ["a.py: PEM private key"]
+    assert secret_problems(Path("a.py"), "admin_password: hunter2\n") == [], "config files only"
+    assert secret_problems(Path("c.yml"), "admin_password: hunter2\n") == [
+        "c.yml: password value 'admin_password: hunter2'"
+    ]
+    assert secret_problems(Path("x.Dockerfile"), "ENV URL=http://u:hunter2@host/\n") == [
+        "x.Dockerfile: credentials in a URL (://u:hunter2@)"
+    ]
+    assert secret_problems(Path(".env.example"), "S3_SECRET_KEY=abc\n") == [
+        ".env.example: S3_SECRET_KEY has a literal value"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import airflow_k3s
 import yaml
+
+from airflow_k3s import rendering
 
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|JWT|PRIVATE|CREDENTIAL", re.IGNORECASE)
 
@@ -113,7 +114,7 @@ def test_worker_secret_has_everything_a_worker_needs(
     doc = yaml.safe_load(worker_secret_manifest)
     assert doc["metadata"]["name"] == "airflow-worker-env"
     assert doc["metadata"]["namespace"] == "default"
-    env = airflow_k3s.secret_manifest_env(worker_secret_manifest)
+    env = rendering.secret_manifest_env(worker_secret_manifest)
 
     # The Execution API, reachable from pods by the compose service name.
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
@@ -149,7 +150,7 @@ def test_worker_secret_has_everything_a_worker_needs(
 def test_worker_secret_holds_no_credential_a_worker_does_not_need(
     worker_secret_manifest: str, fake_secrets: dict[str, str]
 ) -> None:
-    env = airflow_k3s.secret_manifest_env(worker_secret_manifest)
+    env = rendering.secret_manifest_env(worker_secret_manifest)
     needed = {fake_secrets["S3_ACCESS_KEY"], fake_secrets["S3_SECRET_KEY"]}
     for key, value in fake_secrets.items():
         if value not in needed:

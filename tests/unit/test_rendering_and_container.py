@@ -1,18 +1,27 @@
-"""airflow/airflow_k3s.py: the pure functions the entrypoint, airflow-init and `invoke` rely on."""
+"""airflow_k3s.rendering and airflow_k3s.container: what the entrypoint, airflow-init and `invoke`
+rely on (pure renderers and parsers; the CLI that runs inside the Airflow containers)."""
 
 from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import stat
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import airflow_k3s as k3s
 import pytest
 import yaml
 from cryptography.fernet import Fernet
+
+from airflow_k3s import container
+from airflow_k3s import rendering as k3s
 
 CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n").decode()
 KUBECONFIG = f"""\
@@ -218,8 +227,8 @@ def test_init_creates_the_buckets_the_config_uses(
     monkeypatch: pytest.MonkeyPatch, airflow_config: dict[str, str]
 ) -> None:
     seen: list[argparse.Namespace] = []
-    monkeypatch.setattr(k3s, "_cmd_init", seen.append)  # no DB, no S3: capture the arguments
-    assert k3s.main(["init"]) == 0
+    monkeypatch.setattr(container, "_cmd_init", seen.append)  # no DB, no S3: capture the arguments
+    assert container.main(["init"]) == 0
     buckets = set(seen[0].buckets)
     assert airflow_config["AIRFLOW_VAR_DATA_BUCKET"] in buckets
     log_folder = airflow_config["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"]
@@ -234,7 +243,7 @@ def test_wait_for_file_times_out_with_the_path_in_the_message(tmp_path: Path) ->
     path = tmp_path / "missing" / "kubeconfig.yaml"
     started = time.monotonic()
     with pytest.raises(k3s.SetupError) as err:
-        k3s.wait_for_file(path, timeout=0.3, what="k3s's kubeconfig", poll=0.05)
+        container.wait_for_file(path, timeout=0.3, what="k3s's kubeconfig", poll=0.05)
     assert 0.3 <= time.monotonic() - started < 5
     assert str(path) in str(err.value)
     assert "k3s's kubeconfig" in str(err.value)
@@ -244,9 +253,9 @@ def test_wait_for_file_ignores_an_empty_file_until_timeout(tmp_path: Path) -> No
     path = tmp_path / "kubeconfig.yaml"
     path.write_text("  \n")
     with pytest.raises(k3s.SetupError, match=str(path)):
-        k3s.wait_for_file(path, timeout=0.2, what="kubeconfig", poll=0.05)
+        container.wait_for_file(path, timeout=0.2, what="kubeconfig", poll=0.05)
     path.write_text("clusters: []\n")
-    assert k3s.wait_for_file(path, timeout=0, what="kubeconfig") == "clusters: []\n"
+    assert container.wait_for_file(path, timeout=0, what="kubeconfig") == "clusters: []\n"
 
 
 def test_write_private_creates_mode_600(tmp_path: Path) -> None:
@@ -273,7 +282,7 @@ def test_cli_kubeconfig_writes_private_rewritten_file(tmp_path: Path) -> None:
     src, dst = tmp_path / "k3s.yaml", tmp_path / "kube" / "config"
     src.write_text(KUBECONFIG)
     argv = ["kubeconfig", "--src", str(src), "--dst", str(dst), "--server", "https://k3s:6443"]
-    assert k3s.main(argv) == 0
+    assert container.main(argv) == 0
     assert yaml.safe_load(dst.read_text())["clusters"][0]["cluster"]["server"] == "https://k3s:6443"
     assert stat.S_IMODE(dst.stat().st_mode) == 0o600
 
@@ -292,5 +301,86 @@ def test_cli_reports_setup_errors_as_exit_code_1(
         "--timeout",
         "0",
     ]
-    assert k3s.main(argv) == 1
+    assert container.main(argv) == 1
     assert "ERROR" in capsys.readouterr().err
+
+
+def test_write_private_replaces_the_file_atomically(tmp_path: Path) -> None:
+    # k3s watches its manifests folder: a reader must see the old file or the new one, never a
+    # truncated one. A rename leaves an open reader on the old file, a rewrite in place would not.
+    path = tmp_path / "k3s" / "airflow-worker-env.yaml"
+    k3s.write_private(path, "old: 1\n")
+    with path.open() as reader:
+        k3s.write_private(path, "new: 2\n")
+        assert reader.read() == "old: 1\n"
+    assert path.read_text() == "new: 2\n"
+    assert [p.name for p in path.parent.iterdir()] == [path.name], "no temporary file is left"
+
+
+def test_write_private_tightens_a_stale_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    stale = tmp_path / f".{path.name}.tmp"  # left by an interrupted earlier write
+    stale.write_text("half a file")
+    stale.chmod(0o644)
+    k3s.write_private(path, "A=1\n")
+    assert path.read_text() == "A=1\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not stale.exists()
+
+
+def test_cli_passwords_file_holds_the_admin_password_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_K3S_ADMIN_PASSWORD", "pa'ss\"word")
+    path = tmp_path / "auth" / "passwords.json"
+    assert container.main(["passwords-file", "--path", str(path)]) == 0
+    assert json.loads(path.read_text()) == {"admin": "pa'ss\"word"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+class _StatusHandler(BaseHTTPRequestHandler):
+    """MockServer's PUT /mockserver/status answers 200; every other path 404."""
+
+    def do_PUT(self) -> None:
+        self.send_response(200 if self.path == "/mockserver/status" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def status_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StatusHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_wait_http_returns_once_the_url_answers(status_server: str) -> None:
+    container.wait_http(status_server + "/mockserver/status", "PUT", timeout=5)
+
+
+def test_wait_http_treats_an_error_status_as_not_ready(status_server: str) -> None:
+    url = status_server + "/elsewhere"
+    with pytest.raises(k3s.SetupError) as err:
+        container.wait_http(url, "PUT", timeout=0)
+    assert str(err.value).startswith(f"{url} did not answer within 0 s: HTTP Error 404")
+
+
+def test_the_container_cli_imports_nothing_of_the_host_library() -> None:
+    # The Airflow image has none of the host's tools (python-on-whales, invoke, kubectl).
+    code = (
+        "import sys, airflow_k3s.container; "
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('airflow_k3s', 'python_on_whales', 'invoke', 'httpx'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["airflow_k3s", "airflow_k3s.container", "airflow_k3s.rendering"]

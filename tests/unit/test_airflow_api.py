@@ -1,0 +1,266 @@
+"""airflow_k3s.airflow_api and airflow_k3s.runs: the REST client and what runs make of it.
+
+The HTTP boundary is an httpx.MockTransport; the client code above it is the real one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from airflow_k3s import airflow_api, runs
+from airflow_k3s.airflow_api import AirflowAPI
+from airflow_k3s.exits import ExitCode, UserError
+
+
+def login(request: httpx.Request) -> httpx.Response | None:
+    """The simple auth manager's token endpoint: admin/right only."""
+    if (request.method, request.url.path) != ("POST", "/auth/token"):
+        return None
+    body = json.loads(request.content)
+    ok = body == {"username": "admin", "password": "right"}
+    return httpx.Response(201 if ok else 401, json={"access_token": "t"})
+
+
+def client(routes: dict[tuple[str, str], httpx.Response]) -> AirflowAPI:
+    """An AirflowAPI whose HTTP boundary answers ``routes`` (and 404 to everything else)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        token = login(request)
+        if token is not None:
+            return token
+        assert request.headers["Authorization"] == "Bearer t"
+        return routes.get(
+            (request.method, request.url.path), httpx.Response(404, json={"detail": "not found"})
+        )
+
+    return AirflowAPI("http://airflow", "right", transport=httpx.MockTransport(handler))
+
+
+# --------------------------------------------------------------------------- login, DAGs
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_wrong_login_is_one_clear_line(status: int) -> None:
+    transport = httpx.MockTransport(lambda _r: httpx.Response(status, json={"detail": "no"}))
+    with pytest.raises(UserError) as exc:
+        AirflowAPI("http://airflow", "wrong", transport=transport)
+    assert exc.value.code is ExitCode.LOGIN_REFUSED
+    assert exc.value.message.startswith("login as 'admin' was refused by http://airflow")
+    assert "AIRFLOW_ADMIN_PASSWORD" in exc.value.message
+
+
+def test_a_broken_api_server_is_an_http_error_not_a_login_refusal() -> None:
+    transport = httpx.MockTransport(lambda _r: httpx.Response(500, json={}))
+    with pytest.raises(httpx.HTTPStatusError):
+        AirflowAPI("http://airflow", "right", transport=transport)
+
+
+def test_unknown_dag_lists_known_dags_and_import_errors() -> None:
+    api = client(
+        {
+            ("GET", "/api/v2/dags"): httpx.Response(200, json={"dags": [{"dag_id": "demo"}]}),
+            ("GET", "/api/v2/importErrors"): httpx.Response(
+                200,
+                json={
+                    "import_errors": [
+                        {
+                            "filename": "/opt/airflow/dags/broken.py",
+                            "stack_trace": "Traceback ...\nNameError: name 'x' is not defined\n",
+                        }
+                    ]
+                },
+            ),
+        }
+    )
+    with pytest.raises(UserError) as exc:
+        api.find_dag("nope", timeout=0)
+    assert exc.value.code is ExitCode.UNKNOWN_DAG
+    assert exc.value.message == (
+        "unknown DAG id 'nope'; known DAGs: demo; DAG files that fail to import: "
+        "/opt/airflow/dags/broken.py: NameError: name 'x' is not defined"
+    )
+
+
+def test_find_dag_returns_for_a_known_dag() -> None:
+    api = client({("GET", "/api/v2/dags/demo"): httpx.Response(200, json={"dag_id": "demo"})})
+    api.find_dag("demo", timeout=0)
+
+
+class FakeClock:
+    """The ``time`` module of airflow_api: 5 s pass per look at the clock, sleeping is free."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 5
+        return self.now
+
+    def sleep(self, _seconds: float) -> None:
+        pass
+
+
+def test_find_dag_waits_one_refresh_for_a_new_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(airflow_api, "time", FakeClock())
+    polls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        token = login(request)
+        if token is not None:
+            return token
+        polls.append(request.url.path)
+        if request.url.path == "/api/v2/dags":
+            return httpx.Response(200, json={"dags": [{"dag_id": "demo"}]})
+        if request.url.path == "/api/v2/importErrors":
+            return httpx.Response(200, json={"import_errors": []})
+        return httpx.Response(404, json={})
+
+    api = AirflowAPI("http://a", "right", transport=httpx.MockTransport(handler))
+    with pytest.raises(UserError) as exc:
+        api.find_dag("new_dag", timeout=90)
+    assert polls.count("/api/v2/dags/new_dag") > 1, "it waited for the dag-processor"
+    assert polls.count("/api/v2/dags/new_dag") < 10, "but not the whole parse timeout"
+    assert exc.value.code is ExitCode.UNKNOWN_DAG
+    assert exc.value.message == "unknown DAG id 'new_dag'; known DAGs: demo"
+
+
+def test_trigger_unpauses_then_posts_a_run_with_conf() -> None:
+    calls: list[tuple[str, str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        token = login(request)
+        if token is not None:
+            return token
+        calls.append((request.method, request.url.path, json.loads(request.content or b"null")))
+        if request.method == "POST":
+            return httpx.Response(200, json={"dag_run_id": "manual__1"})
+        return httpx.Response(200, json={})
+
+    api = AirflowAPI("http://a", "right", transport=httpx.MockTransport(handler))
+    assert api.trigger("demo", {"n": 1}) == "manual__1"
+    assert calls == [
+        ("PATCH", "/api/v2/dags/demo", {"is_paused": False}),
+        ("POST", "/api/v2/dags/demo/dagRuns", {"logical_date": None, "conf": {"n": 1}}),
+    ]
+
+
+def test_run_state_and_task_log() -> None:
+    run = "/api/v2/dags/demo/dagRuns/r1"
+    api = client(
+        {
+            ("GET", run): httpx.Response(200, json={"state": "running"}),
+            ("GET", f"{run}/taskInstances"): httpx.Response(
+                200, json={"task_instances": [{"task_id": "fetch", "state": "success"}]}
+            ),
+            ("GET", f"{run}/taskInstances/fetch/logs/2"): httpx.Response(
+                200, json={"content": [{"level": "info", "event": "hello"}]}
+            ),
+        }
+    )
+    assert api.run_state("demo", "r1") == (
+        "running",
+        {"fetch": {"task_id": "fetch", "state": "success"}},
+    )
+    assert api.task_log("demo", "r1", "fetch", 2) == "[info] hello"
+
+
+# --------------------------------------------------------------------------- log rendering
+
+
+def test_render_log_turns_structured_messages_into_lines() -> None:
+    content = [
+        "::group::Log message source details",
+        {"timestamp": "2026-11-25T20:20:02Z", "level": "info", "event": "Wrote 3 orders"},
+        {"event": "no level"},
+    ]
+    assert airflow_api.render_log(content).splitlines() == [
+        "::group::Log message source details",
+        "2026-11-25T20:20:02Z [info] Wrote 3 orders",
+        "no level",
+    ]
+
+
+def test_render_log_keeps_the_exception_of_an_error_line() -> None:
+    item = {
+        "level": "error",
+        "event": "Task failed with exception",
+        "error_detail": [{"exc_type": "EndpointConnectionError", "exc_value": "no s3"}],
+    }
+    assert airflow_api.render_log([item]) == (
+        "[error] Task failed with exception: EndpointConnectionError: no s3"
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "rendered"),
+    [
+        ("plain text, not JSON", "plain text, not JSON"),
+        ('["a", "list"]', '["a", "list"]'),
+        ('{"no": "event"}', '{"no": "event"}'),
+        (
+            '{"timestamp": "t", "level": "info", "event": "Wrote 3 orders"}',
+            "t [info] Wrote 3 orders",
+        ),
+        (
+            json.dumps(
+                {
+                    "timestamp": "t",
+                    "level": "error",
+                    "event": "Task failed",
+                    "exception": [{"exc_type": "KeyError", "exc_value": "'x'"}],
+                }
+            ),
+            "t [error] Task failed: KeyError: 'x'",
+        ),
+        (
+            '{"timestamp": "t", "level": "info", "event": "done", "final_state": "failed", '
+            '"exit_code": 1}',
+            "t [info] done (final_state=failed, exit_code=1)",
+        ),
+    ],
+)
+def test_render_pod_line(line: str, rendered: str) -> None:
+    assert airflow_api.render_pod_line(line) == rendered
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@pytest.mark.parametrize(
+    ("conf", "expected"), [("", {}), ('{"rows": 3, "dry": true}', {"rows": 3, "dry": True})]
+)
+def test_parse_conf_accepts_json_objects(conf: str, expected: dict[str, Any]) -> None:
+    assert runs.parse_conf(conf) == expected
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        (
+            "{oops",
+            "--conf is not valid JSON (Expecting property name enclosed in double quotes at "
+            "character 1): {oops",
+        ),
+        ("[1, 2]", "--conf must be a JSON object like '{\"key\": 1}', not [1, 2]"),
+        ('"text"', '--conf must be a JSON object like \'{"key": 1}\', not "text"'),
+    ],
+)
+def test_parse_conf_refuses_bad_json(conf: str, message: str) -> None:
+    with pytest.raises(UserError) as exc:
+        runs.parse_conf(conf)
+    assert exc.value.message == message
+    assert exc.value.code is ExitCode.USAGE
+
+
+def test_state_changes_reports_only_changes() -> None:
+    before = {"fetch": "running", "upload": ""}
+    after = {"fetch": "success", "upload": "", "verify": "queued"}
+    assert runs.state_changes(before, after) == [
+        "fetch: running -> success",
+        "verify: none -> queued",
+    ]
+    assert runs.state_changes(after, after) == []

@@ -1,0 +1,140 @@
+"""airflow_k3s.settings: the environment over .env, defaults read from the compose files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from airflow_k3s import settings
+from airflow_k3s.exits import ExitCode, UserError
+from airflow_k3s.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load(tmp_path: Path, **env: str) -> Settings:
+    return Settings.load(environ={"AIRFLOW_K3S_STATE_DIR": str(tmp_path), **env}, root=REPO)
+
+
+def test_defaults_bind_the_documented_ports(tmp_path: Path) -> None:
+    cfg = load(tmp_path)
+    assert cfg.images == "upstream"
+    assert not cfg.local
+    assert dict(cfg.ports) == {
+        "AIRFLOW_PORT": 8080,
+        "REGISTRY_PORT": 5001,
+        "S3_PORT": 8333,
+        "MOCKSERVER_PORT": 1080,
+        "K3S_API_PORT": 6443,
+    }
+    assert cfg.worker_image == "127.0.0.1:5001/airflow-worker:latest"
+    assert cfg.airflow_url == "http://127.0.0.1:8080"
+    assert cfg.s3_url == "http://127.0.0.1:8333"
+    assert cfg.compose_files == [REPO / "docker-compose.yml"]
+    assert cfg.env_file == tmp_path / ".env"
+    assert cfg.host_kubeconfig == tmp_path / ".generated" / "kubeconfig.yaml"
+    assert cfg.project == "airflow-k3s"
+    assert cfg.secrets == {}
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("REGISTRY_PORT=5999\nAIRFLOW_PORT=9000\nS3_SECRET_KEY='x'\n")
+    cfg = load(tmp_path, AIRFLOW_PORT="9100", IMAGES="local")
+    assert cfg.ports["REGISTRY_PORT"] == 5999
+    assert cfg.ports["AIRFLOW_PORT"] == 9100
+    assert cfg.secrets == {"S3_SECRET_KEY": "x"}
+    assert cfg.worker_image == "127.0.0.1:5999/airflow-worker:latest"
+
+
+def test_images_local_puts_the_override_last(tmp_path: Path) -> None:
+    cfg = load(tmp_path, IMAGES="local")
+    assert cfg.local
+    assert cfg.compose_files == [REPO / "docker-compose.yml", REPO / "local" / "compose.local.yml"]
+    assert cfg.compose_env == {
+        "AIRFLOW_K3S_GENERATED": str(tmp_path / ".generated"),
+        "AIRFLOW_IMAGE": "airflow-k3s/airflow:3.3.2",
+        "PYTHON_BASE_IMAGE": settings.LOCAL_PYTHON_IMAGE,
+    }
+
+
+def test_upstream_builds_airflow_on_the_pinned_python(tmp_path: Path) -> None:
+    env = load(tmp_path).compose_env
+    assert "PYTHON_BASE_IMAGE" not in env, "compose's pinned default applies"
+    assert env["AIRFLOW_IMAGE"] == "airflow-k3s/airflow:3.3.2"
+    assert load(tmp_path, AIRFLOW_IMAGE="me/airflow:dev").compose_env["AIRFLOW_IMAGE"] == (
+        "me/airflow:dev"
+    )
+
+
+def test_service_images_follow_the_image_source(tmp_path: Path) -> None:
+    upstream = load(tmp_path).service_images
+    local = load(tmp_path, IMAGES="local").service_images
+    assert upstream["k3s"] == "rancher/k3s:v1.36.4-k3s1"
+    assert local["k3s"] == "airflow-k3s/k3s:v1.36.3-local"
+    assert upstream["mockserver"] == "mockserver/mockserver:5.15.0"
+    assert local["mockserver"] == "airflow-k3s/mockserver:5.15.0-local"
+    # The Airflow image is built in both sources (on a different base).
+    assert (
+        upstream["airflow-scheduler"] == local["airflow-scheduler"] == "airflow-k3s/airflow:3.3.2"
+    )
+    assert set(upstream) == set(local)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"IMAGES": "docker-hub"}, "IMAGES must be 'upstream' or 'local', not 'docker-hub'"),
+        ({"IMAGES": ""}, "IMAGES must be 'upstream' or 'local', not ''"),
+        ({"S3_PORT": "eighty"}, "S3_PORT must be a port number, not 'eighty'"),
+        ({"AIRFLOW_PORT": "70000"}, "AIRFLOW_PORT must be a port number, not '70000'"),
+        ({"K3S_API_PORT": "0"}, "K3S_API_PORT must be a port number, not '0'"),
+        ({"REGISTRY_PORT": "-1"}, "REGISTRY_PORT must be a port number, not '-1'"),
+        ({"MOCKSERVER_PORT": ""}, "MOCKSERVER_PORT must be a port number, not ''"),
+    ],
+)
+def test_bad_settings_are_one_clear_line(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    with pytest.raises(UserError) as exc:
+        load(tmp_path, **env)
+    assert exc.value.message == message
+    assert exc.value.code is ExitCode.USAGE
+
+
+def test_a_bad_port_in_env_file_is_refused_too(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("S3_PORT='8333x'\n")
+    with pytest.raises(UserError) as exc:
+        load(tmp_path)
+    assert exc.value.message == "S3_PORT must be a port number, not '8333x'"
+    assert exc.value.code is ExitCode.USAGE
+
+
+def test_published_ports_name_their_service() -> None:
+    ports = {p.variable: (p.default, p.service) for p in settings.published_ports(REPO)}
+    assert ports == {
+        "S3_PORT": (8333, "s3"),
+        "MOCKSERVER_PORT": (1080, "mockserver"),
+        "REGISTRY_PORT": (5001, "registry"),
+        "K3S_API_PORT": (6443, "k3s"),
+        "AIRFLOW_PORT": (8080, "airflow-apiserver"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "default"),
+    [
+        ("${AIRFLOW_IMAGE:-airflow-k3s/airflow:3.3.2}", "airflow-k3s/airflow:3.3.2"),
+        ("  ${X:-}  ", ""),
+        ("registry:2.8.3", "registry:2.8.3"),
+        ("${NO_DEFAULT}", "${NO_DEFAULT}"),
+    ],
+)
+def test_compose_default(value: str, default: str) -> None:
+    assert settings.compose_default(value) == default
+
+
+def test_node_versions_are_pinned_releases() -> None:
+    versions = settings.node_versions(REPO)
+    for key in ("KUBERNETES_VERSION", "CONTAINERD_VERSION", "COREDNS_VERSION", "ETCD_VERSION"):
+        assert versions[key].startswith("v"), key
+        assert versions[key].count(".") == 2, key
+    assert versions["GO_VERSION"][0].isdigit()

@@ -1,0 +1,115 @@
+"""airflow_k3s.stack: the generated files and the checks before `up` starts anything."""
+
+from __future__ import annotations
+
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_k3s import compose, images, rendering, stack
+from airflow_k3s.exits import ExitCode, UserError
+from airflow_k3s.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load(tmp_path: Path, **env: str) -> Settings:
+    return Settings.load(environ={"AIRFLOW_K3S_STATE_DIR": str(tmp_path), **env}, root=REPO)
+
+
+# --------------------------------------------------------------------------- generated files
+
+
+def test_ensure_secrets_generates_once_with_mode_600(tmp_path: Path) -> None:
+    cfg = load(tmp_path)
+    first = stack.ensure_secrets(cfg)
+    env_file = tmp_path / ".env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    written = rendering.parse_env_file(env_file.read_text())
+    assert set(rendering.SECRET_KEYS) <= set(written)
+    assert dict(first.secrets) == {k: written[k] for k in rendering.SECRET_KEYS}
+    secret = tmp_path / ".generated" / "k3s" / f"{rendering.WORKER_SECRET_NAME}.yaml"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    worker = rendering.secret_manifest_env(secret.read_text())
+    assert worker["AWS_SECRET_ACCESS_KEY"] == first.secrets["S3_SECRET_KEY"]
+    assert "AIRFLOW_FERNET_KEY" not in worker, "workers get only what they need"
+    before = env_file.read_text()
+    second = stack.ensure_secrets(first)
+    assert env_file.read_text() == before, "secrets are never regenerated"
+    assert second.secrets == first.secrets
+
+
+def test_ensure_secrets_keeps_the_users_settings_and_fills_only_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / ".env").write_text("AIRFLOW_PORT='9000'\nPOSTGRES_PASSWORD='mine'\n")
+    (tmp_path / ".env").chmod(0o644)
+    cfg = stack.ensure_secrets(load(tmp_path))
+    written = rendering.parse_env_file((tmp_path / ".env").read_text())
+    assert written["AIRFLOW_PORT"] == "9000"
+    assert written["POSTGRES_PASSWORD"] == "mine" == cfg.secrets["POSTGRES_PASSWORD"]
+    assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+
+
+def test_the_worker_secret_follows_airflow_env(tmp_path: Path) -> None:
+    cfg = stack.ensure_secrets(load(tmp_path))
+    config = rendering.parse_env_file((REPO / "airflow" / "airflow.env").read_text())
+    env = stack.worker_environment(cfg, dict(cfg.secrets))
+    assert {k: env[k] for k in config} == config
+    assert set(env) - set(config) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def test_port_conflicts_name_port_service_and_variable(tmp_path: Path) -> None:
+    cfg = load(tmp_path, IMAGES="local", S3_PORT="18333")
+    taken = {18333, 8080, 6443}
+    problems = stack.port_conflicts(cfg, running={"airflow-apiserver"}, taken=taken.__contains__)
+    assert problems == [
+        "port 18333 (s3) is already in use: free it or set S3_PORT=<free port> in the "
+        "environment or .env",
+        "port 6443 (k3s) is already in use: free it or set K3S_API_PORT=<free port> in the "
+        "environment or .env",
+    ], "our own running api-server on 8080 is not a conflict; every mode runs k3s"
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_port_taken_sees_a_listener(listening: int) -> None:
+    assert stack.port_taken(listening)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = int(sock.getsockname()[1])  # bound, not listening: nobody answers
+        assert not stack.port_taken(free)
+
+
+def test_up_refuses_taken_ports_before_building_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def must_not_build(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("up built images although a port is taken")
+
+    monkeypatch.setattr(compose, "check_docker", lambda: None)
+    monkeypatch.setattr(compose, "client", lambda _cfg: None)
+    monkeypatch.setattr(compose, "running_services", lambda _docker: set())
+    monkeypatch.setattr(stack, "port_taken", {8080, 1080}.__contains__)
+    monkeypatch.setattr(images, "build_all", must_not_build)
+    with pytest.raises(UserError) as exc:
+        stack.up(load(tmp_path), build=True, timeout=1)
+    assert exc.value.code is ExitCode.PORT_TAKEN
+    assert exc.value.message == (
+        "port 1080 (mockserver) is already in use: free it or set MOCKSERVER_PORT=<free port> in "
+        "the environment or .env; port 8080 (airflow-apiserver) is already in use: free it or set "
+        "AIRFLOW_PORT=<free port> in the environment or .env"
+    )
