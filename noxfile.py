@@ -117,6 +117,6 @@ def faults(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Measure the loops (build, DAG edit, up, demo run, memory): writes docs/benchmarks.md."""
-    sync(session, "test")
-    session.run("python", "tests/bench/bench.py", *session.posargs)
+    """Measure up, the demo, per-task overhead, scaling, the edit loop: docs/benchmarks.md."""
+    sync(session, "bench")
+    session.run("python", "-m", "tests.bench.bench", *session.posargs)

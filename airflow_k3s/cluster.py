@@ -191,6 +191,10 @@ def print_pod_diagnostics(cfg: Settings, selector: str) -> None:
         return
     if not pods:
         print(f"----- no worker pod matches {selector}", file=sys.stderr)
+    elif pods[-1].get("status", {}).get("phase") == "Running":
+        # The task ended but its pod has not yet (the worker uploads the log first): its exit
+        # reason (OOMKilled, ...) comes with the end, so wait for that a little.
+        pods = wait_pods_ended(cfg, selector, timeout=30) or pods
     for pod in pods[-3:]:
         name = pod["metadata"]["name"]
         problem = pod_problem(pod)
@@ -209,6 +213,17 @@ def print_pod_diagnostics(cfg: Settings, selector: str) -> None:
         )
         for line in events.stdout.strip().splitlines()[-8:]:
             print(f"      {line}", file=sys.stderr)
+
+
+def wait_pods_ended(cfg: Settings, selector: str, timeout: float) -> list[dict[str, Any]]:
+    """The selector's pods once none is Pending or Running (or [] after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods = worker_pods(cfg, selector)
+        if all(p.get("status", {}).get("phase") not in ("Pending", "Running") for p in pods):
+            return pods
+        time.sleep(1)
+    return []
 
 
 def show_pods(cfg: Settings, selector: str) -> None:

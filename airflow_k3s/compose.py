@@ -208,6 +208,14 @@ def dump_service_logs(cfg: Settings, services: list[str], tail: int = 40) -> Non
             print(f"(no logs: {exc})", file=sys.stderr)
 
 
+def service_log(cfg: Settings, service: str, tail: int = 3000) -> str:
+    """The last lines of a service's log, without compose's prefix ('' if it has none)."""
+    try:
+        return str(client(cfg).compose.logs(service, tail=str(tail), no_log_prefix=True))
+    except DockerException:
+        return ""
+
+
 def exec_in(cfg: Settings, service: str, command: list[str]) -> str:
     """Run a command in a running service's container; its stdout (UserError if it fails)."""
     with docker_errors():

@@ -92,7 +92,17 @@ def print_failures(
         if state == "upstream_failed":
             continue
         try_number = int(ti.get("try_number") or 0)
-        if try_number and state in ("failed", "up_for_retry"):
+        if not ti.get("start_date"):
+            # The task never ran: no log to read; the executor may say why its pod was refused.
+            refusal = executor_refusal(
+                compose.service_log(cfg, "airflow-scheduler"), dag_id, task_id, run_id
+            )
+            if refusal:
+                print(
+                    f"----- {task_id}: the executor could not start its pod: {refusal}",
+                    file=sys.stderr,
+                )
+        elif try_number and state in ("failed", "up_for_retry"):
             print(f"----- log of {task_id} (try {try_number})", file=sys.stderr)
             try:
                 log = client.task_log(dag_id, run_id, task_id, try_number)
@@ -100,6 +110,26 @@ def print_failures(
                 log = f"(task log not readable through the API: {exc})"
             print(log, file=sys.stderr)
         cluster.print_pod_diagnostics(cfg, cluster.pod_selector(dag_id, task_id, run_id))
+
+
+def executor_refusal(scheduler_log: str, dag_id: str, task_id: str, run_id: str) -> str:
+    """The API server's message for a pod the executor could not create (the scheduler logs the
+    ApiException's body after "reported that the task instance <TaskInstance: DAG.TASK RUN"),
+    or ''."""
+    marker = f"reported that the task instance <TaskInstance: {dag_id}.{task_id} {run_id} "
+    lines = scheduler_log.splitlines()
+    for index in range(len(lines) - 1, -1, -1):
+        if marker not in lines[index]:
+            continue
+        for line in lines[index : index + 6]:
+            body = line.partition("HTTP response body: ")[2]
+            if body:
+                try:
+                    return f"API server: {json.loads(body)['message']}"
+                except (ValueError, KeyError, TypeError):
+                    return f"API server: {body[:500]}"
+        return lines[index].partition("Extra info: ")[2][:500]
+    return ""
 
 
 def run_dag(

@@ -2,20 +2,21 @@
 
 While it runs, its log is read from the pod through the Kubernetes API (the UI's log view, or
 `invoke pod-logs progress --dag-id example_progress`); once it ends, from S3. The run's conf can
-set the length: ``{"seconds": 30}``.
+set the length: ``{"seconds": 30}``. One retry, for the faults tier's restarts.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 from airflow.sdk import dag, get_current_context, task
 
 log = logging.getLogger(__name__)
 
 
-@task
+@task(retries=1, retry_delay=timedelta(seconds=5))
 def progress() -> int:
     """Log one line a second for conf["seconds"] seconds (default 20)."""
     seconds = int((get_current_context()["dag_run"].conf or {}).get("seconds", 20))

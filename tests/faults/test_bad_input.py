@@ -60,7 +60,7 @@ def test_host_port_already_taken(stack: Stack, tmp_path: Path) -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
-        names = ("AIRFLOW_PORT", "REGISTRY_PORT", "MOCKSERVER_PORT")
+        names = ("AIRFLOW_PORT", "REGISTRY_PORT", "MOCKSERVER_PORT", "K3S_API_PORT")
         ports = {name: str(free_port()) for name in names}
         other = variant(
             stack,

@@ -1,0 +1,54 @@
+"""DAGs of the faults tier (tests/faults): tasks that fail the ways a cluster makes tasks fail.
+
+- ``faults_oom``: a task that uses more memory than its pod's limit (pod_override: 256Mi): the
+  kernel kills it, the pod's container ends ``OOMKilled``.
+- ``faults_rejected``: a pod_override the API server refuses (a label value Kubernetes does not
+  allow): no pod is created, the task fails at once.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import dag, task
+from kubernetes.client import models as k8s
+
+LIMITED = k8s.V1Pod(
+    spec=k8s.V1PodSpec(
+        containers=[
+            k8s.V1Container(
+                name="base",
+                resources=k8s.V1ResourceRequirements(
+                    requests={"memory": "128Mi"}, limits={"memory": "256Mi"}
+                ),
+            )
+        ]
+    )
+)
+REJECTED = k8s.V1Pod(
+    metadata=k8s.V1ObjectMeta(labels={"airflow-k3s/invalid": "not a valid value!"})
+)
+
+
+@task(executor_config={"pod_override": LIMITED})
+def hog() -> int:
+    """Hold 1 GiB, four times the pod's limit."""
+    held = [bytearray(64 * 1024 * 1024) for _ in range(16)]
+    return len(held)
+
+
+@task(executor_config={"pod_override": REJECTED})
+def refused() -> None:
+    """Never runs: its pod is refused by the API server."""
+
+
+@dag(dag_id="faults_oom", schedule=None, catchup=False, tags=["faults"], doc_md=__doc__)
+def faults_oom() -> None:
+    hog()
+
+
+@dag(dag_id="faults_rejected", schedule=None, catchup=False, tags=["faults"], doc_md=__doc__)
+def faults_rejected() -> None:
+    refused()
+
+
+faults_oom()
+faults_rejected()

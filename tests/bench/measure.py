@@ -1,0 +1,213 @@
+"""What the benchmark reads off a running stack: timestamps of task instances and pods, readiness
+of services while a command runs, and the stack's memory and CPU (`docker stats`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from airflow_k3s import compose
+from airflow_k3s.cluster import pod_label_value
+from tests.harness import Stack
+
+
+def ts(value: str | None) -> float:
+    """An RFC 3339 timestamp (Airflow's or Kubernetes') as seconds since the epoch."""
+    if not value:
+        return float("nan")
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def median(values: Sequence[float]) -> float:
+    clean = [v for v in values if not math.isnan(v)]
+    return statistics.median(clean) if clean else float("nan")
+
+
+@dataclass
+class TaskTiming:
+    """One task instance and its pod, in seconds since the epoch."""
+
+    task_id: str
+    map_index: int
+    queued: float
+    started: float
+    ended: float
+    pod_created: float
+    container_started: float
+    container_finished: float
+
+    def phases(self) -> dict[str, float]:
+        """Where a task's time goes, in order (Kubernetes stamps whole seconds: ±1 s each)."""
+        return {
+            "queued -> pod created": self.pod_created - self.queued,
+            "pod created -> container started": self.container_started - self.pod_created,
+            "container started -> task started": self.started - self.container_started,
+            "task ran": self.ended - self.started,
+            "task ended -> container finished": self.container_finished - self.ended,
+        }
+
+
+def task_timings(stack: Stack, dag_id: str, run_id: str) -> list[TaskTiming]:
+    """Every task instance of a run with its pod's timestamps."""
+    api = stack.api()
+    tis = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=1000)[
+        "task_instances"
+    ]
+    pods = stack.pods(f"dag_id={pod_label_value(dag_id)},run_id={pod_label_value(run_id)}")
+    by_key: dict[tuple[str, int], dict[str, Any]] = {}
+    for pod in pods:
+        labels = pod["metadata"]["labels"]
+        key = (labels.get("task_id", ""), int(labels.get("map_index", "-1")))
+        by_key[key] = pod  # oldest first: the last try wins
+    timings = []
+    for ti in tis:
+        pod = by_key.get((ti["task_id"], int(ti.get("map_index", -1))), {})
+        status = (pod.get("status", {}).get("containerStatuses") or [{}])[0]
+        term = (status.get("state") or {}).get("terminated") or {}
+        timings.append(
+            TaskTiming(
+                task_id=ti["task_id"],
+                map_index=int(ti.get("map_index", -1)),
+                queued=ts(ti.get("queued_when")),
+                started=ts(ti.get("start_date")),
+                ended=ts(ti.get("end_date")),
+                pod_created=ts(pod.get("metadata", {}).get("creationTimestamp")),
+                container_started=ts(term.get("startedAt")),
+                container_finished=ts(term.get("finishedAt")),
+            )
+        )
+    return timings
+
+
+def run_span(stack: Stack, dag_id: str, run_id: str) -> float:
+    """The run's own duration (start_date to end_date, from the API)."""
+    run = stack.api().get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+    return ts(run.get("end_date")) - ts(run.get("start_date"))
+
+
+def timed(func: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.monotonic()
+    result = func()
+    return time.monotonic() - started, result
+
+
+@dataclass
+class Readiness:
+    """When each service was first ready, in seconds after the watch started."""
+
+    started: float = field(default_factory=time.monotonic)
+    ready: dict[str, float] = field(default_factory=dict)
+
+
+def watch_readiness(stack: Stack, stop: threading.Event, into: Readiness) -> None:
+    """Poll compose every 0.5 s until ``stop``: first time each service is healthy or done."""
+    docker = stack.docker()
+    while not stop.is_set():
+        try:
+            states = compose.service_states(docker)
+        except Exception:  # the project may not exist yet at the start of `up`
+            states = {}
+        now = time.monotonic() - into.started
+        for service, state in states.items():
+            done = state in ("healthy", "exited(0)") or (
+                service == "mockserver" and state == "running"
+            )
+            if done and service not in into.ready:
+                into.ready[service] = now
+        stop.wait(0.5)
+
+
+def invoke_with_readiness(stack: Stack, *args: str) -> tuple[float, Readiness, str]:
+    """Run an `invoke` task, watching when each service becomes ready meanwhile."""
+    readiness = Readiness()
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_readiness, args=(stack, stop, readiness), daemon=True)
+    watcher.start()
+    took, result = timed(lambda: stack.invoke(*args, timeout=3600))
+    stop.set()
+    watcher.join()
+    if result.returncode != 0:
+        raise RuntimeError(f"invoke {' '.join(args)} failed: {result.stderr[-2000:]}")
+    return took, readiness, result.stdout
+
+
+# --------------------------------------------------------------------------- docker stats
+
+
+def _bytes(text: str) -> float:
+    units = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * units[unit]
+    return float(text or 0)
+
+
+def stats(project: str) -> dict[str, tuple[float, float]]:
+    """service -> (memory bytes, CPU %) of the project's running containers, as `docker stats`
+    counts them (memory: usage minus the inactive page cache). The k3s container's figure holds
+    its pods: their cgroups are below its own."""
+    names = subprocess.run(
+        [
+            "docker",
+            "ps",
+            "--filter",
+            f"label=com.docker.compose.project={project}",
+            "--format",
+            "{{.Names}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if not names:
+        return {}
+    out = subprocess.run(
+        ["docker", "stats", "--no-stream", "--format", "{{json .}}", *names],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = {}
+    for line in out.splitlines():
+        row = json.loads(line)
+        service = row["Name"].removeprefix(project + "-").rsplit("-", 1)[0]
+        found[service] = (
+            _bytes(row["MemUsage"].split(" / ")[0]),
+            float(row["CPUPerc"].rstrip("%")),
+        )
+    return found
+
+
+class Sampler:
+    """`docker stats` of the project every second in the background: the peak total memory and
+    CPU while it runs."""
+
+    def __init__(self, project: str) -> None:
+        self.project = project
+        self.peak_memory = 0.0
+        self.peak_cpu = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sample = stats(self.project)
+            self.peak_memory = max(self.peak_memory, sum(m for m, _ in sample.values()))
+            self.peak_cpu = max(self.peak_cpu, sum(c for _, c in sample.values()))
+            self._stop.wait(1)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,266 @@
+"""The benchmark's report: docs/benchmarks.json (every sample), docs/benchmarks.md (the figures,
+their targets, where the time goes) and the scaling plot, drawn with matplotlib."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STANDIN_FILE = "benchmarks-standin-2026-11-25.json"
+PLOT_FILE = "bench-scaling.png"
+
+
+@dataclass
+class Figure:
+    """One measured figure: the median of its samples, against a target if it has one."""
+
+    key: str
+    name: str
+    unit: str
+    samples: list[float]
+    target: float | None = None
+    note: str = ""
+
+    @property
+    def value(self) -> float:
+        clean = sorted(s for s in self.samples if not math.isnan(s))
+        if not clean:
+            return float("nan")
+        mid = len(clean) // 2
+        return clean[mid] if len(clean) % 2 else (clean[mid - 1] + clean[mid]) / 2
+
+    @property
+    def met(self) -> bool | None:
+        if self.target is None or math.isnan(self.value):
+            return None
+        return self.value <= self.target
+
+    def shown(self) -> str:
+        if math.isnan(self.value):
+            return "not measured"
+        if self.unit == "B":
+            return f"{self.value / 1024**3:.2f} GiB"
+        if self.unit == "s":
+            return f"{self.value:.1f} s"
+        return f"{self.value:.1f} {self.unit}"
+
+    def shown_target(self) -> str:
+        if self.target is None:
+            return "-"
+        return (
+            f"≤ {self.target / 1024**3:.0f} GiB"
+            if self.unit == "B"
+            else f"≤ {self.target:g} {self.unit}"
+        )
+
+
+@dataclass
+class Report:
+    meta: dict[str, Any]
+    figures: list[Figure] = field(default_factory=list)
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    scaling: list[dict[str, Any]] = field(default_factory=list)
+    experiments: list[dict[str, Any]] = field(default_factory=list)
+    readiness: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, figure: Figure) -> Figure:
+        self.figures.append(figure)
+        return figure
+
+    def figure(self, key: str) -> Figure | None:
+        return next((f for f in self.figures if f.key == key), None)
+
+
+def write(report: Report, docs: Path) -> None:
+    docs.mkdir(parents=True, exist_ok=True)
+    data = {
+        "meta": report.meta,
+        "figures": [
+            {**asdict(f), "value": f.value, "met": f.met, "shown": f.shown()}
+            for f in report.figures
+        ],
+        "phases": report.phases,
+        "scaling": report.scaling,
+        "experiments": report.experiments,
+        "readiness": report.readiness,
+        "notes": report.notes,
+    }
+    (docs / "benchmarks.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    if report.scaling:
+        plot(report, docs / PLOT_FILE)
+    (docs / "benchmarks.md").write_text(markdown(report, docs))
+
+
+def slope(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares line through (x, y): (slope, intercept)."""
+    n = len(points)
+    if n < 2:
+        return float("nan"), float("nan")
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    sxy = sum((x - mx) * (y - my) for x, y in points)
+    b = sxy / sxx if sxx else float("nan")
+    return b, my - b * mx
+
+
+def plot(report: Report, path: Path) -> None:
+    """Wall time against the number of mapped tasks, with the fitted line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [
+        (float(r["n"]), float(r["wall_s"]))
+        for r in report.scaling
+        if r.get("label") == "project settings"
+    ]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    ax.plot(
+        [x for x, _ in points], [y for _, y in points], "o-", label="measured (project settings)"
+    )
+    b, a = slope(points)
+    if not math.isnan(b):
+        xs = [0.0, max(x for x, _ in points)]
+        ax.plot(xs, [a + b * x for x in xs], "--", label=f"fit: {a:.1f} s + {b:.2f} s/task")
+    others = [r for r in report.scaling if r.get("label") != "project settings"]
+    for row in others:
+        ax.plot([row["n"]], [row["wall_s"]], "x", markersize=9, label=row["label"])
+    ax.set_xlabel("mapped trivial tasks in one run (N)")
+    ax.set_ylabel("trigger to success (s)")
+    ax.set_title("KubernetesExecutor on the local k3s node, 2 cores")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def markdown(report: Report, docs: Path) -> str:
+    meta = report.meta
+    out = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by tests/bench/bench.py (`nox -s bench`); do not edit by hand. -->",
+        "",
+        f"Produced by `{meta['command']}` on {meta['date']}, with **IMAGES={meta['images']}**: the "
+        "real KubernetesExecutor against the local Kubernetes node (upstream Kubernetes "
+        f"{meta.get('kubernetes', '?')}, containerd, CoreDNS; see the README). Checkout "
+        f"{meta['git_commit']}; the run took {meta['duration_s'] / 60:.1f} min.",
+        "",
+        f"Machine: {meta['nproc']} cores ({meta['cpu']}), "
+        f"{meta['memory_bytes'] / 1024**3:.1f} GiB, "
+        f"{meta['os']}, kernel {meta['kernel']}, cgroup v{meta.get('cgroup', '?')}; Docker "
+        f"{meta['docker_engine']}, compose {meta['compose']}. Load average at the start "
+        f"{meta['loadavg_start']}, at the end {meta.get('loadavg_end', '?')}.",
+        "",
+        "Each figure is the median of its samples (all in [benchmarks.json](benchmarks.json)).",
+        f"Executor settings of the run: {meta.get('executor_settings', '?')}.",
+        "",
+    ]
+    rows = []
+    for f in report.figures:
+        met = {True: "yes", False: "**no**", None: "-"}[f.met]
+        rows.append([f.name, f.shown(), f.shown_target(), met, str(len(f.samples)), f.note])
+    out += _table(["figure", "value", "target", "met?", "samples", "note"], rows)
+    out += ["", "## Targets", ""]
+    for f in report.figures:
+        if f.met is not None:
+            verdict = "met" if f.met else "**missed**"
+            out.append(f"- {verdict}: {f.name}: {f.shown()} (target {f.shown_target()})")
+    if report.phases:
+        out += ["", "## Where a task's time goes", ""]
+        out.append(
+            "Medians over the tasks measured, from the task instance's timestamps (API) and the "
+            "pod's (kube API; whole seconds, so each phase is ±1 s):"
+        )
+        out.append("")
+        names = list(next(iter(report.phases.values())))
+        rows = [
+            [label, *(f"{report.phases[label][n]:.1f} s" for n in names)] for label in report.phases
+        ]
+        out += _table(["tasks", *names], rows)
+    if report.readiness:
+        out += ["", "## `up`: when each service was ready (s after the command started)", ""]
+        for label, ready in report.readiness.items():
+            order = ", ".join(
+                f"{s} {t:.0f}" for s, t in sorted(ready.items(), key=lambda kv: kv[1])
+            )
+            out.append(f"- {label}: {order}")
+    if report.scaling:
+        out += ["", "## Scaling: N mapped trivial tasks", ""]
+        rows = [
+            [
+                str(r["n"]),
+                r["label"],
+                f"{r['wall_s']:.1f} s",
+                f"{r['tasks_per_min']:.0f}",
+                f"{r['run_span_s']:.1f} s",
+                f"{r.get('peak_memory_gib', float('nan')):.2f} GiB",
+            ]
+            for r in report.scaling
+        ]
+        out += _table(
+            ["N", "settings", "trigger to success", "tasks/min", "run (API)", "peak memory"], rows
+        )
+        points = [
+            (float(r["n"]), float(r["wall_s"]))
+            for r in report.scaling
+            if r["label"] == "project settings"
+        ]
+        b, a = slope(points)
+        out += ["", f"Fitted: **{a:.1f} s + {b:.2f} s per task** (least squares over N).", ""]
+        out.append(f"![wall time against N]({PLOT_FILE})")
+    if report.experiments:
+        out += ["", "## Experiments: what each change gave (one run against the other)", ""]
+        rows = [[e["change"], e["before"], e["after"], e["kept"]] for e in report.experiments]
+        out += _table(["change", "before", "after", "kept?"], rows)
+    if report.notes:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
+    out += ["", *standin_comparison(report, docs)]
+    return "\n".join(out) + "\n"
+
+
+def standin_comparison(report: Report, docs: Path) -> list[str]:
+    """The stand-in executor's figures of 2026-11-25, labelled, next to today's."""
+    path = docs / STANDIN_FILE
+    if not path.exists():
+        return []
+    old = {f["key"]: f for f in json.loads(path.read_text())["figures"]}
+    pairs = [
+        ("demo", "demo_trigger_to_success", "Demo DAG, trigger to success"),
+        ("up_warm", "up_total", "`invoke up --no-build` from stopped"),
+        ("memory_idle", "memory_idle", "Memory of the idle stack"),
+    ]
+    rows = []
+    for new_key, old_key, label in pairs:
+        new = report.figure(new_key)
+        was = old.get(old_key)
+        if new is None or was is None:
+            continue
+        unit = was.get("unit", "")
+        value = was.get("value")
+        shown = f"{value / 1024**3:.2f} GiB" if unit in ("B", "bytes") else f"{value:.1f} {unit}"
+        rows.append([label, new.shown(), shown])
+    if not rows:
+        return []
+    return [
+        "## For comparison only: the stand-in executor (2026-11-25)",
+        "",
+        "Before the real cluster ran here, tasks ran as Docker containers started by a stand-in "
+        f"executor; its figures ([{STANDIN_FILE}]({STANDIN_FILE})) measured something else and "
+        "are kept only to compare:",
+        "",
+        *_table(["figure", "real cluster (this run)", "stand-in, no cluster"], rows),
+    ]
