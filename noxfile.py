@@ -69,7 +69,7 @@ def lint(session: nox.Session) -> None:
     session.run("mypy")
     session.run("yamllint", "--strict", ".")
     session.run("hadolint", *dockerfiles())
-    session.run("shellcheck", *shell_files())
+    session.run("shellcheck", "--external-sources", "--source-path=SCRIPTDIR", *shell_files())
     session.run("kubernetes-validate", "--strict", "-k", k8s_schema_version(), *K8S_MANIFESTS)
 
 
@@ -94,7 +94,8 @@ def docker_tier(session: nox.Session, tier: str) -> None:
     """One Docker tier against a stack of its own (tests/conftest.py owns it)."""
     sync(session, "test")
     env = {"IMAGES": os.environ.get("IMAGES", "local")}
-    session.run("pytest", f"tests/{tier}", "-p", "no:cacheprovider", *session.posargs, env=env)
+    args = ["-p", "no:cacheprovider", "--durations=0", *session.posargs]
+    session.run("pytest", f"tests/{tier}", *args, env=env)
 
 
 @nox.session(python=PYTHON, default=False)

@@ -1,8 +1,9 @@
 """What airflow-k3s can do: `invoke --list`, `invoke --help TASK`. The logic is in airflow_k3s/.
 
-Tasks, in the order a user meets them: secrets, doctor, up, status, demo, trigger-dag, logs,
-pod-logs, kubectl, kubeconfig, build, push, down, clean, lock. Each parses its arguments, calls the
-package, and turns its errors into one line and an exit code (airflow_k3s/exits.py).
+Tasks, in the order a user meets them: secrets, doctor, up, settings, status, demo, trigger-dag,
+parse, pod-yaml, airflow, logs, pod-logs, kubectl, kubeconfig, build, push, down, clean, lock.
+Each parses its arguments, calls the package, and turns its errors into one line and an exit code
+(airflow_k3s/exits.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from airflow_k3s import cluster, compose, images, runs, stack
+from airflow_k3s import cluster, compose, dags, images, runs, stack
 from airflow_k3s import doctor as checks
-from airflow_k3s.exits import UserError
+from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.settings import DEMO_DAG, settings
 
 P = ParamSpec("P")
@@ -75,6 +76,15 @@ def up(c: Context, no_build: bool = False, timeout: int = 900) -> None:
     stack.up(settings(), build=not no_build, timeout=timeout)
 
 
+@task(name="settings")
+@cli
+def airflow_settings(c: Context) -> None:
+    """Apply the connections, variables and pools of airflow/settings.yaml ($AIRFLOW_SETTINGS)."""
+    done = stack.apply_settings(settings())
+    for kind, names in done.items():
+        print(f"{kind}: {', '.join(names)}")
+
+
 @task
 @cli
 def status(c: Context) -> None:
@@ -114,6 +124,42 @@ def trigger_dag(
     run_conf = runs.parse_conf(conf)
     compose.check_docker()
     print(runs.run_dag(settings(), dag_id, run_conf, parse_timeout, timeout if wait else None))
+
+
+@task
+@cli
+def parse(c: Context) -> None:
+    """Import every DAG file in the worker image (as its pods do); list import errors, file:line."""
+    compose.check_docker()
+    dag_ids, errors = dags.parse_dags(settings())
+    for error in errors:
+        print(error)
+    print(f"{len(dag_ids)} DAGs, {len(errors)} file(s) with import errors")
+    if errors:
+        raise Exit(code=int(ExitCode.IMPORT_ERRORS))
+
+
+@task(
+    positional=["dag_id", "task_id"],
+    help={"dag_id": "the task's DAG", "task_id": "the task"},
+)
+@cli
+def pod_yaml(c: Context, dag_id: str, task_id: str) -> None:
+    """The pod the executor would create for a task (template, config, pod_override), as YAML."""
+    compose.check_docker()
+    print(dags.pod_yaml(settings(), dag_id, task_id), end="")
+
+
+@task
+@cli
+def airflow(c: Context) -> None:
+    """The Airflow CLI in the stack: `invoke airflow -- dags list` (its exit code is ours)."""
+    compose.check_docker()
+    cfg = settings()
+    compose.require_running(cfg, "airflow-scheduler")
+    code = compose.passthrough(cfg, "airflow-scheduler", ["airflow", *shlex.split(c.remainder)])
+    if code:
+        raise Exit(code=code)
 
 
 @task(

@@ -57,6 +57,23 @@ def client(cfg: Settings) -> DockerClient:
     )
 
 
+def cli(cfg: Settings, *extra_files: Path) -> list[str]:
+    """The `docker compose` command line of this stack (for commands that need the terminal)."""
+    cmd = ["docker", "compose", "--project-directory", str(cfg.root), "-p", cfg.project]
+    for file in [*cfg.compose_files, *extra_files]:
+        cmd += ["-f", str(file)]
+    for env_file in (cfg.env_file, write_compose_env(cfg)):
+        if env_file.exists():
+            cmd += ["--env-file", str(env_file)]
+    return cmd
+
+
+def passthrough(cfg: Settings, service: str, command: list[str]) -> int:
+    """Run a command in a service's container on this terminal; its exit code."""
+    flags = [] if sys.stdin.isatty() and sys.stdout.isatty() else ["-T"]
+    return subprocess.run([*cli(cfg), "exec", *flags, service, *command], check=False).returncode
+
+
 def write_compose_env(cfg: Settings) -> Path:
     """.generated/compose.env: the task library's compose variables. Before the first `up` there
     are no secrets yet; commands that only look (status, down, doctor) still need compose to

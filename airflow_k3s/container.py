@@ -85,6 +85,86 @@ def _cmd_init(args: argparse.Namespace) -> None:
     print(f"airflow-init: {args.mockserver} answers", file=sys.stderr)
 
 
+def import_error_lines(folder: Path, errors: dict[str, str]) -> list[dict[str, object]]:
+    """DagBag's import errors as {file, line, error}: the file relative to the DAGs folder, the
+    last line of the traceback that is in that file, and the exception's last line."""
+    found = []
+    for path, trace in sorted(errors.items()):
+        full = Path(path) if Path(path).is_absolute() else folder / path
+        lines = trace.strip().splitlines()
+        line_no = 0
+        marker = f'File "{full}", line '
+        for text in lines:
+            if marker in text:
+                line_no = int(text.split(marker, 1)[1].split(",", 1)[0])
+        try:
+            rel = str(full.relative_to(folder))
+        except ValueError:
+            rel = path
+        found.append({"file": rel, "line": line_no, "error": lines[-1] if lines else "?"})
+    return found
+
+
+def _cmd_parse_dags(args: argparse.Namespace) -> None:
+    """Import every DAG file the way the worker does (DagBag, this image's Python and providers);
+    print {dags: [...], errors: [...]} as JSON on stdout."""
+    import json
+
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    folder = Path(args.folder)
+    bag = BundleDagBag(dag_folder=folder, bundle_path=folder)
+    errors = import_error_lines(folder, dict(bag.import_errors))
+    print(json.dumps({"dags": sorted(bag.dag_ids), "errors": errors}))
+
+
+def _cmd_pod_yaml(args: argparse.Namespace) -> None:
+    """The pod the KubernetesExecutor would create for one task: the pod template, the executor's
+    config and the task's pod_override, merged by the provider's own PodGenerator."""
+    import yaml
+    from airflow.dag_processing.dagbag import BundleDagBag
+    from airflow.providers.cncf.kubernetes.kube_config import KubeConfig
+    from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+    from kubernetes.client import ApiClient
+
+    folder = Path(args.folder)
+    bag = BundleDagBag(dag_folder=folder, bundle_path=folder)
+    if args.dag_id not in bag.dags:
+        raise SetupError(
+            f"no DAG {args.dag_id!r} in {folder} (known: {', '.join(sorted(bag.dag_ids))})"
+        )
+    dag = bag.dags[args.dag_id]
+    if args.task_id not in dag.task_ids:
+        raise SetupError(
+            f"DAG {args.dag_id!r} has no task {args.task_id!r} (tasks: {', '.join(dag.task_ids)})"
+        )
+    task = dag.get_task(args.task_id)
+    kube = KubeConfig()
+    override = (task.executor_config or {}).get("pod_override")
+    pod = PodGenerator.construct_pod(
+        dag_id=args.dag_id,
+        task_id=args.task_id,
+        pod_id=f"{args.dag_id}-{args.task_id}".replace("_", "-").lower()[:55] + "-preview",
+        try_number=1,
+        kube_image=kube.kube_image,
+        date=None,
+        args=[
+            "python",
+            "-m",
+            "airflow.sdk.execution_time.execute_workload",
+            "--json-string",
+            "<workload>",
+        ],
+        pod_override_object=override,
+        base_worker_pod=PodGenerator.deserialize_model_file(kube.pod_template_file),
+        namespace=kube.kube_namespace,
+        scheduler_job_id="preview",
+        run_id="preview",
+        with_mutation_hook=True,
+    )
+    print(yaml.safe_dump(ApiClient().sanitize_for_serialization(pod), sort_keys=False), end="")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m airflow_k3s.container", description=__doc__.splitlines()[0]
@@ -104,6 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--mockserver", default="http://mockserver:1080")
     init.add_argument("--timeout", type=float, default=120)
     init.set_defaults(func=_cmd_init)
+    parse = sub.add_parser("parse-dags", help="import every DAG file, print the import errors")
+    parse.add_argument("--folder", default="/opt/airflow/dags")
+    parse.set_defaults(func=_cmd_parse_dags)
+    pod = sub.add_parser("pod-yaml", help="the worker pod of one task, as YAML")
+    pod.add_argument("dag_id")
+    pod.add_argument("task_id")
+    pod.add_argument("--folder", default="/opt/airflow/dags")
+    pod.set_defaults(func=_cmd_pod_yaml)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     NO_PULL = 8  #: the pinned upstream images cannot be pulled here: use IMAGES=local
     PORT_TAKEN = 9  #: a published port is taken by another program
     NO_KUBECONFIG = 10  #: k3s did not write its kubeconfig in time
+    IMPORT_ERRORS = 11  #: a DAG file does not import (file, line and error are named)
 
 
 class UserError(Exception):

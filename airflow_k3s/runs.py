@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from airflow_k3s import cluster, compose
+from airflow_k3s import cluster, compose, dags
 from airflow_k3s.airflow_api import AirflowAPI, render_pod_line
 from airflow_k3s.compose import say
 from airflow_k3s.exits import ExitCode, UserError
@@ -137,7 +137,18 @@ def run_dag(
 ) -> str:
     """Trigger ``dag_id``; with a ``timeout``, follow the run: fail unless it succeeds."""
     client = api(cfg)
-    client.find_dag(dag_id, parse_timeout)
+    try:
+        client.find_dag(dag_id, parse_timeout)
+    except UserError as exc:
+        if exc.code is not ExitCode.UNKNOWN_DAG or "fail to import" in exc.message:
+            raise
+        # The dag-processor names no broken file: import the files as a pod would, in the worker
+        # image (a file that imports here but not there is named so).
+        _, errors = dags.parse_dags(cfg)
+        if errors:
+            lines = "; ".join(map(str, errors))
+            raise UserError(f"{exc.message}; in the worker image: {lines}", exc.code) from None
+        raise
     run_id = client.trigger(dag_id, conf)
     say(f"triggered {dag_id}: run {run_id}")
     if timeout is not None:

@@ -86,6 +86,11 @@ def node_versions(root: Path = ROOT) -> dict[str, str]:
     return parse_env_file((root / NODE_VERSIONS_FILE).read_text())
 
 
+def _path(value: str | None, default: Path) -> Path:
+    """A path setting: absolute, or relative to the current directory; ``default`` if unset."""
+    return Path(value).expanduser().resolve() if value else default
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, read once from the environment and the generated .env."""
@@ -100,6 +105,8 @@ class Settings:
     state_dir: Path = ROOT
     #: The Airflow image (compose's ${AIRFLOW_IMAGE:-...}).
     airflow_image: str = ""
+    #: Connections, variables and pools applied at `up` ($AIRFLOW_SETTINGS).
+    settings_file: Path = ROOT / "airflow" / "settings.yaml"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, root: Path = ROOT) -> Settings:
@@ -131,6 +138,7 @@ class Settings:
             state_dir=state_dir,
             airflow_image=merged.get("AIRFLOW_IMAGE")
             or compose_images(root)["upstream"]["airflow-apiserver"],
+            settings_file=_path(merged.get("AIRFLOW_SETTINGS"), root / "airflow" / "settings.yaml"),
         )
 
     @property

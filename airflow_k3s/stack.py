@@ -9,7 +9,8 @@ import socket
 import subprocess
 from collections.abc import Callable
 
-from airflow_k3s import cluster, compose, images
+from airflow_k3s import cluster, compose, images, objects
+from airflow_k3s.airflow_api import AirflowAPI
 from airflow_k3s.compose import say
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.rendering import (
@@ -90,11 +91,23 @@ def up(cfg: Settings, build: bool, timeout: float) -> Settings:
     host, _ = cluster.refresh_kubeconfigs(cfg)
     say(f"kubeconfig for the host: {host}")
     cluster.wait_worker_secret(cfg, worker_environment(cfg, dict(cfg.secrets)))
+    apply_settings(cfg)
     print(
         f"Airflow UI: {cfg.airflow_url}  (user {ADMIN_USER}, password: "
         f"AIRFLOW_ADMIN_PASSWORD in .env)"
     )
     return cfg
+
+
+def apply_settings(cfg: Settings) -> dict[str, list[str]]:
+    """Connections, variables and pools of the settings file, into Airflow (idempotent)."""
+    airflow_env = parse_env_file((cfg.root / "airflow" / "airflow.env").read_text())
+    found = objects.load(cfg.settings_file, airflow_env)
+    compose.require_running(cfg)
+    client = AirflowAPI(cfg.airflow_url, cfg.secrets.get("AIRFLOW_ADMIN_PASSWORD", ""))
+    done = objects.apply(client, found)
+    say(f"settings from {cfg.settings_file}: {found.count()}")
+    return done
 
 
 def down(cfg: Settings, timeout: int) -> None:

@@ -14,12 +14,14 @@ COPY extra-ca/ /tmp/extra-ca/
 ARG MOCKSERVER_VERSION=5.15.0
 ARG MOCKSERVER_SHA256=bf5cf50cb5bf8ef99ea372e78b5ceddcc6eb6a051f3b5b1d3e62c7b812c92aeb
 ARG MAVEN_REPOSITORY=https://repo1.maven.org/maven2
-RUN ca=(); if [ -s /tmp/extra-ca/ca-bundle.crt ]; then ca=(--cacert /tmp/extra-ca/ca-bundle.crt); fi \
+# The optional extra CA bundle joins the system bundle for the download only.
+RUN cp /etc/ssl/certs/ca-certificates.crt /tmp/ca.crt \
+    && if [ -s /tmp/extra-ca/ca-bundle.crt ]; then cat /tmp/extra-ca/ca-bundle.crt >>/tmp/ca.crt; fi \
     && jar="mockserver-netty-${MOCKSERVER_VERSION}-jar-with-dependencies.jar" \
-    && curl -fsSL "${ca[@]}" -o /mockserver-netty-jar-with-dependencies.jar \
+    && curl -fsSL --cacert /tmp/ca.crt -o /mockserver-netty-jar-with-dependencies.jar \
         "${MAVEN_REPOSITORY}/org/mock-server/mockserver-netty/${MOCKSERVER_VERSION}/${jar}" \
     && echo "${MOCKSERVER_SHA256}  /mockserver-netty-jar-with-dependencies.jar" | sha256sum -c - \
-    && rm -rf /tmp/extra-ca
+    && rm -rf /tmp/extra-ca /tmp/ca.crt
 # The upstream image's non-root user.
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent mockserver
 USER 10001:10001

@@ -17,6 +17,7 @@ set -eu
 
 OUT="${1:-/out}"
 SRC="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=versions.env
 . "$SRC/versions.env"
 export GOMODCACHE="${GOMODCACHE:-/cache/mod}" GOCACHE="${GOCACHE:-/cache/build}"
 export GOFLAGS="-buildvcs=false -trimpath" GOTOOLCHAIN=local
@@ -70,6 +71,7 @@ timed "containerd-shim-runc-v2" env CGO_ENABLED=0 GOBIN="$OUT" go install -tags 
 timed "coredns" env CGO_ENABLED=0 GOBIN="$OUT" go install -ldflags "-s -w" \
     "github.com/coredns/coredns@$COREDNS_VERSION"
 
+# shellcheck disable=SC2016 # the script's $1..$3 are expanded by the inner sh
 timed "image tarballs" sh -c '
     go run ./tools/imagetar -o "$1/images/pause.tar" -tag "$2" -entrypoint /pause,-P -user 65535:65535 \
         -add /usr/bin/catatonit=/pause

@@ -34,7 +34,8 @@ fix_cgroups() {
         while read -r pid; do
             echo "$pid" >/sys/fs/cgroup/init.scope/cgroup.procs 2>/dev/null || true
         done </sys/fs/cgroup/cgroup.procs
-        for controller in $(cat /sys/fs/cgroup/cgroup.controllers); do
+        read -r controllers </sys/fs/cgroup/cgroup.controllers
+        for controller in $controllers; do
             echo "+$controller" >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || log "cannot delegate cgroup controller $controller"
         done
         log "cgroup v2: /sys/fs/cgroup read-write, processes in init.scope, controllers delegated"

@@ -50,8 +50,17 @@ def test_dag_file_that_fails_to_import(stack: Stack) -> None:
             f"DAG files that fail to import: {path.name}: ModuleNotFoundError: "
             f"No module named 'no_such_module_{name}'"
         ) in line
+        # The same file in the worker image: `invoke parse` names it with its line, and fails.
+        assert stack.invoke("build", "--worker-only").returncode == 0
+        parsed = stack.invoke("parse")
+        assert parsed.returncode == 11
+        assert (
+            f"{path.name}:3: ModuleNotFoundError: No module named 'no_such_module_{name}'"
+        ) in parsed.stdout
+        assert "1 file(s) with import errors" in parsed.stdout
     finally:
         path.unlink(missing_ok=True)
+        assert stack.invoke("build", "--worker-only").returncode == 0
 
 
 def test_host_port_already_taken(stack: Stack, tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from airflow_k3s.settings import Settings
 from tests.harness import SERVICES, Stack
@@ -136,3 +138,63 @@ def test_stack_not_running_is_said_plainly(stack: Stack) -> None:
     assert result.returncode == 4
     assert "the stack is not running" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_settings_file_is_applied_at_up_and_again_idempotently(stack: Stack) -> None:
+    api = stack.api()
+    assert api.get("/api/v2/variables/example_threshold")["value"] == "3"
+    assert api.get("/api/v2/pools/kubernetes_pods")["slots"] == 8
+    assert api.get("/api/v2/connections/example_http")["host"] == "mockserver"
+    again = stack.invoke("settings")
+    assert again.returncode == 0, again.stderr
+    assert "connections: example_http" in again.stdout
+    assert api.get("/api/v2/pools/kubernetes_pods")["slots"] == 8
+
+
+def test_a_malformed_settings_file_is_one_line(stack: Stack, tmp_path: Path) -> None:
+    bad = tmp_path / "settings.yaml"
+    bad.write_text("pools:\n  heavy: {slots: lots}\n")
+    result = Stack(
+        stack.images, stack.project, stack.state_dir, {**stack.env, "AIRFLOW_SETTINGS": str(bad)}
+    ).invoke("settings")
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"{bad}: pools.heavy: slots must be a whole number (-1: unlimited), not 'lots'"
+    )
+
+
+def test_parse_imports_every_dag_in_the_worker_image(stack: Stack) -> None:
+    result = stack.invoke("parse")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("DAGs, 0 file(s) with import errors")
+    count = int(result.stdout.strip().splitlines()[-1].split()[0])
+    assert count >= 4, result.stdout
+
+
+def test_pod_yaml_is_the_pod_the_executor_would_make(stack: Stack) -> None:
+    result = stack.invoke("pod-yaml", "example_pod_override", "sized")
+    assert result.returncode == 0, result.stderr
+    pod = yaml.safe_load(result.stdout)
+    base = pod["spec"]["containers"][0]
+    assert base["name"] == "base"
+    assert base["image"] == "registry:5000/airflow-worker:latest"
+    assert base["resources"]["limits"]["memory"] == "700Mi"
+    assert pod["metadata"]["labels"]["airflow-k3s/example"] == "sized"
+    assert pod["metadata"]["labels"]["dag_id"] == "example_pod_override"
+    assert {"name": "shared", "persistentVolumeClaim": {"claimName": "airflow-shared"}} in pod[
+        "spec"
+    ]["volumes"]
+    missing = stack.invoke("pod-yaml", "demo_rest_to_s3", "no_such_task")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (
+        "DAG 'demo_rest_to_s3' has no task 'no_such_task' (tasks: fetch, upload, verify)"
+    )
+
+
+def test_the_airflow_cli_runs_in_the_stack_with_its_exit_code(stack: Stack) -> None:
+    listed = stack.invoke("airflow", "--", "dags", "list", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert "demo_rest_to_s3" in {d["dag_id"] for d in json.loads(listed.stdout)}
+    failed = stack.invoke("airflow", "--", "dags", "pause", "no_such_dag")
+    assert failed.returncode != 0

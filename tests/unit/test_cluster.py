@@ -154,11 +154,6 @@ def test_pod_selector_matches_the_worker_pod_the_executor_builds(
     assert not matches(cluster.pod_selector("demo_rest_to_s3", run_id=RUN_ID + "0"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="airflow_k3s/cluster.py pod_selector: dag_id and task_id are not made label-safe "
-    "(the executor labels them with make_safe_label_value, as it does the run id)",
-)
 def test_pod_selector_makes_long_dag_and_task_ids_label_safe() -> None:
     from airflow.providers.cncf.kubernetes.pod_generator import make_safe_label_value
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from pathlib import Path
 
 from airflow_k3s.exits import ExitCode, UserError
 
@@ -41,3 +42,16 @@ def test_user_error_carries_its_message_and_code() -> None:
     assert str(error) == error.message
     assert error.code is ExitCode.USAGE
     assert UserError("docker failed").code is ExitCode.FAILED
+
+
+def test_docs_reliability_publishes_exactly_these_exit_codes(repo: Path) -> None:
+    """docs/reliability.md's table of exit codes is checked against the enum, row by row."""
+    text = (repo / "docs" / "reliability.md").read_text()
+    section = text.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| `([A-Z_]+)` \| (.+?) \|$", section, flags=re.M)
+    assert rows, "docs/reliability.md has no exit code table under '## Exit codes'"
+    assert [(int(v), name) for v, name, _ in rows] == [(int(m), m.name) for m in ExitCode]
+    source = inspect.getsource(ExitCode)
+    documented = {m["name"]: m["doc"] for m in MEMBER_LINE.finditer(source)}
+    for _value, name, meaning in rows:
+        assert meaning == documented[name], f"{name}: the doc says {meaning!r}"

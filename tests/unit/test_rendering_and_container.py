@@ -317,15 +317,13 @@ def test_write_private_replaces_the_file_atomically(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == [path.name], "no temporary file is left"
 
 
-def test_write_private_tightens_a_stale_temporary_file(tmp_path: Path) -> None:
+def test_write_private_leaves_no_temporary_file(tmp_path: Path) -> None:
     path = tmp_path / ".env"
-    stale = tmp_path / f".{path.name}.tmp"  # left by an interrupted earlier write
-    stale.write_text("half a file")
-    stale.chmod(0o644)
     k3s.write_private(path, "A=1\n")
-    assert path.read_text() == "A=1\n"
+    k3s.write_private(path, "A=2\n")
+    assert path.read_text() == "A=2\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".env"]
 
 
 def test_cli_passwords_file_holds_the_admin_password_only(
@@ -383,4 +381,9 @@ def test_the_container_cli_imports_nothing_of_the_host_library() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert out == ["airflow_k3s", "airflow_k3s.container", "airflow_k3s.rendering"]
+    assert out == [
+        "airflow_k3s",
+        "airflow_k3s.container",
+        "airflow_k3s.exits",
+        "airflow_k3s.rendering",
+    ]
