@@ -11,7 +11,6 @@ FAILS, never skips, where no Docker engine answers.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import nox
@@ -28,11 +27,11 @@ K8S_MANIFESTS = ["airflow/pod_template.yaml", "k3s/manifests/shared-volume.yaml"
 
 
 def k8s_schema_version() -> str:
-    """The Kubernetes minor of the pinned k3s image (docker-compose.yml), as x.y.0."""
-    match = re.search(r"rancher/k3s:v(\d+)\.(\d+)\.", Path("docker-compose.yml").read_text())
-    if not match:
-        raise RuntimeError("docker-compose.yml pins no rancher/k3s:vX.Y.Z image")
-    return f"{match[1]}.{match[2]}.0"
+    """The Kubernetes minor of the pinned k3s image, as x.y.0 (read where the package reads it)."""
+    from airflow_k3s.settings import k3s_kubernetes_version
+
+    major, minor, _patch = k3s_kubernetes_version().split(".")
+    return f"{major}.{minor}.0"
 
 
 def sync(session: nox.Session, *groups: str) -> None:

@@ -1,7 +1,8 @@
 """What airflow-k3s can do: `invoke --list`, `invoke --help TASK`. The logic is in airflow_k3s/.
 
 Tasks, in the order a user meets them: secrets, doctor, up, settings, status, demo, trigger-dag,
-parse, pod-yaml, airflow, logs, pod-logs, kubectl, kubeconfig, build, push, down, clean, lock.
+parse, pod-yaml, task-test, airflow, logs, pod-logs, kubectl, kubeconfig, build, push, down,
+clean, lock.
 Each parses its arguments, calls the package, and turns its errors into one line and an exit code
 (airflow_k3s/exits.py).
 """
@@ -148,6 +149,23 @@ def pod_yaml(c: Context, dag_id: str, task_id: str) -> None:
     """The pod the executor would create for a task (template, config, pod_override), as YAML."""
     compose.check_docker()
     print(dags.pod_yaml(settings(), dag_id, task_id), end="")
+
+
+@task(
+    positional=["dag_id", "task_id"],
+    help={
+        "dag_id": "the task's DAG",
+        "task_id": "the task",
+        "timeout": "seconds to wait for the pod to start and to end",
+    },
+)
+@cli
+def task_test(c: Context, dag_id: str, task_id: str, timeout: int = 600) -> None:
+    """Run one task once as a pod on the cluster, outside any DAG run, and show its output."""
+    compose.check_docker()
+    code = dags.task_test(settings(), dag_id, task_id, timeout)
+    if code:
+        raise Exit(code=code)
 
 
 @task

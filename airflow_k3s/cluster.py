@@ -55,6 +55,75 @@ def kubectl(cfg: Settings, *args: str, check: bool = True) -> subprocess.Complet
     return result
 
 
+def apply(cfg: Settings, manifest: dict[str, Any]) -> None:
+    """kubectl apply of one object (server-side, this tool as the field manager)."""
+    result = subprocess.run(
+        kubectl_cmd(cfg, ["apply", "--server-side", "--field-manager=airflow-k3s", "-f", "-"]),
+        input=json.dumps(manifest),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        message = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(
+            f"the API server refused {manifest['kind']} {manifest['metadata']['name']}: {message}"
+        )
+
+
+def pod_status(cfg: Settings, name: str, namespace: str) -> dict[str, Any]:
+    status: dict[str, Any] = kubectl_json(cfg, "get", "pod", name, "-n", namespace).get(
+        "status", {}
+    )
+    return status
+
+
+def wait_pod_started(cfg: Settings, name: str, namespace: str, timeout: float) -> str:
+    """Wait until the pod runs or has ended; a pod that cannot start fails, saying why."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pod = kubectl_json(cfg, "get", "pod", name, "-n", namespace)
+        phase = str(pod.get("status", {}).get("phase", ""))
+        if phase in ("Running", "Succeeded", "Failed"):
+            return phase
+        problem = pod_problem(pod)
+        if problem and any(
+            r in problem for r in ("ErrImagePull", "ImagePullBackOff", "CreateContainer")
+        ):
+            raise UserError(f"pod {name} cannot start: {problem}")
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"pod {name} still {phase} after {timeout:.0f} s: {problem or 'no reason given'}",
+                ExitCode.TIMEOUT,
+            )
+        time.sleep(1)
+
+
+def stream_logs(cfg: Settings, name: str, namespace: str) -> None:
+    """The pod's output, followed to its end, rendered (Airflow's JSON log lines)."""
+    from airflow_k3s.airflow_api import render_pod_line
+
+    proc = subprocess.Popen(
+        kubectl_cmd(cfg, ["logs", "-f", name, "-n", namespace]), stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        print(render_pod_line(line.rstrip("\n")), flush=True)
+    proc.wait()
+
+
+def wait_pod_ended(cfg: Settings, name: str, namespace: str, timeout: float) -> dict[str, Any]:
+    """The terminated state of the pod's container once it has one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = pod_status(cfg, name, namespace).get("containerStatuses") or [{}]
+        terminated: dict[str, Any] = (statuses[0].get("state") or {}).get("terminated") or {}
+        if terminated:
+            return terminated
+        time.sleep(1)
+    raise UserError(f"pod {name} did not end within {timeout:.0f} s", ExitCode.TIMEOUT)
+
+
 def kubectl_json(cfg: Settings, *args: str) -> Any:
     return json.loads(kubectl(cfg, *args, "-o", "json").stdout)
 

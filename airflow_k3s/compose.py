@@ -281,6 +281,19 @@ def try_pull(image: str, timeout: float = 60) -> tuple[bool, str]:
     return result.returncode == 0, (result.stderr.strip().splitlines() or [""])[-1][-160:]
 
 
+def try_python(image: str, code: str) -> tuple[bool, str]:
+    """Whether ``python -c code`` succeeds in ``image``, and the last line it said."""
+    result = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "python", image, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    lines = (result.stderr or result.stdout).strip().splitlines() or [""]
+    return result.returncode == 0, lines[-1][-200:]
+
+
 def try_run(image: str, *options: str) -> tuple[bool, str]:
     """Whether a container with these `docker run` options starts here (`true` as its command)."""
     result = subprocess.run(

@@ -10,6 +10,7 @@ task library.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -108,7 +109,6 @@ def import_error_lines(folder: Path, errors: dict[str, str]) -> list[dict[str, o
 def _cmd_parse_dags(args: argparse.Namespace) -> None:
     """Import every DAG file the way the worker does (DagBag, this image's Python and providers);
     print {dags: [...], errors: [...]} as JSON on stdout."""
-    import json
 
     from airflow.dag_processing.dagbag import BundleDagBag
 
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     pod.add_argument("dag_id")
     pod.add_argument("task_id")
     pod.add_argument("--folder", default="/opt/airflow/dags")
+    pod.add_argument("--name", default="", help="the pod's name (default: <dag>-<task>-preview)")
+    pod.add_argument("--args", default="", help="the container's args, a JSON list")
     pod.set_defaults(func=_cmd_pod_yaml)
     args = parser.parse_args(argv)
     try:

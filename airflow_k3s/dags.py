@@ -5,14 +5,17 @@ task (in the scheduler, which holds the executor's configuration and the pod tem
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_k3s import compose
+import yaml
+
+from airflow_k3s import cluster, compose
 from airflow_k3s.compose import say
 from airflow_k3s.exits import ExitCode, UserError
-from airflow_k3s.rendering import parse_env_file
+from airflow_k3s.rendering import parse_env_file, worker_secret_data
 from airflow_k3s.settings import Settings
 
 CONTAINER_CLI = ["python", "-m", "airflow_k3s.container"]
@@ -93,3 +96,57 @@ def in_scheduler(cfg: Settings, *args: str) -> str:
 def pod_yaml(cfg: Settings, dag_id: str, task_id: str) -> str:
     compose.require_running(cfg, "airflow-scheduler")
     return in_scheduler(cfg, "pod-yaml", dag_id, task_id)
+
+
+#: The Secret the task-test pod reads the metadata DB's address from (`airflow tasks test` runs
+#: the task in-process against the DB, unlike a worker pod, which only talks to the api-server).
+TASK_TEST_SECRET = "airflow-task-test-env"
+
+
+def task_test_pod(cfg: Settings, dag_id: str, task_id: str, name: str) -> dict[str, Any]:
+    """The task's worker pod, running `airflow tasks test DAG TASK` once, with the DB's address."""
+    command = json.dumps(["airflow", "tasks", "test", dag_id, task_id])
+    doc: dict[str, Any] = yaml.safe_load(
+        in_scheduler(cfg, "pod-yaml", dag_id, task_id, "--name", name, "--args", command)
+    )
+    doc["metadata"].setdefault("labels", {})["airflow-k3s/task-test"] = "true"
+    base = doc["spec"]["containers"][0]
+    base.setdefault("envFrom", []).append({"secretRef": {"name": TASK_TEST_SECRET}})
+    return doc
+
+
+def task_test_secret(cfg: Settings, namespace: str) -> dict[str, Any]:
+    secrets = cfg.secrets
+    conn = f"postgresql+psycopg2://airflow:{secrets['POSTGRES_PASSWORD']}@postgres/airflow"
+    values = {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": conn,
+        "AIRFLOW__CORE__FERNET_KEY": secrets["AIRFLOW_FERNET_KEY"],
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": TASK_TEST_SECRET, "namespace": namespace},
+        "type": "Opaque",
+        "data": worker_secret_data(values),
+    }
+
+
+def task_test(cfg: Settings, dag_id: str, task_id: str, timeout: float) -> int:
+    """Run one task once as a pod on the cluster, outside any DAG run; stream its output; the
+    container's exit code."""
+    compose.require_running(cfg, "airflow-scheduler")
+    cluster.require_kubeconfig(cfg)
+    name = (
+        f"task-test-{dag_id}-{task_id}".replace("_", "-").lower()[:48] + "-" + secrets.token_hex(3)
+    )
+    pod = task_test_pod(cfg, dag_id, task_id, name)
+    namespace = pod["metadata"].get("namespace", cluster.NAMESPACE)
+    cluster.apply(cfg, task_test_secret(cfg, namespace))
+    cluster.apply(cfg, pod)
+    say(f"pod {name} on the cluster: airflow tasks test {dag_id} {task_id}")
+    phase = cluster.wait_pod_started(cfg, name, namespace, timeout)
+    cluster.stream_logs(cfg, name, namespace)
+    status = cluster.wait_pod_ended(cfg, name, namespace, timeout)
+    code = status.get("exitCode", 1)
+    say(f"pod {name} ended: {status.get('reason') or phase} (exit {code})")
+    return int(code)

@@ -23,7 +23,7 @@ from typing import Any
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from airflow_k3s import compose
+from airflow_k3s import compose, userfiles
 from airflow_k3s.compose import say
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.settings import (
@@ -259,6 +259,7 @@ def ensure_node_image(docker: DockerClient, cfg: Settings, tag: str) -> None:
 def build_all(cfg: Settings, worker_only: bool = False) -> None:
     """Build (or pull) the service images, once each, then the worker image."""
     docker = compose.client(cfg)
+    userfiles.check_all(cfg)
     sync_extra_ca(cfg)
     if not worker_only:
         if cfg.local:
@@ -276,14 +277,17 @@ def build_all(cfg: Settings, worker_only: bool = False) -> None:
 
 
 def build_worker(cfg: Settings, docker: DockerClient) -> None:
-    """The worker image: the Airflow image with the DAGs baked in as the last layer."""
-    build_image(
-        docker,
-        cfg.root / "dags",
-        cfg.worker_image,
-        cfg.root / "worker" / "Dockerfile",
-        {"AIRFLOW_IMAGE": cfg.airflow_image},
-    )
+    """The worker image: the Airflow image (or the user's $WORKER_BASE_IMAGE), the user's extra
+    requirements, and the DAGs folder baked in as the last layer."""
+    userfiles.check_dags_dir(cfg.dags_dir)
+    userfiles.check_requirements(cfg.worker_requirements)
+    context = userfiles.worker_context(cfg)
+    if cfg.worker_base_image:
+        userfiles.check_worker_base(cfg.worker_base_image)
+        dockerfile, args = "byo.Dockerfile", {"WORKER_BASE_IMAGE": cfg.worker_base_image}
+    else:
+        dockerfile, args = "Dockerfile", {"AIRFLOW_IMAGE": cfg.airflow_image}
+    build_image(docker, context, cfg.worker_image, cfg.root / "worker" / dockerfile, args)
 
 
 def push_worker(cfg: Settings) -> str:

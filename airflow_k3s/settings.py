@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import yaml
 
@@ -81,12 +81,27 @@ def compose_images(root: Path = ROOT) -> dict[str, dict[str, str]]:
 
 
 @functools.cache
+def k3s_kubernetes_version(root: Path = ROOT) -> str:
+    """'1.36.4' from the k3s image docker-compose.yml pins: the one owner of the version the
+    schema checks (lint, unit, POD_TEMPLATE) validate against."""
+    image = compose_images(root)["upstream"]["k3s"]
+    match = re.fullmatch(r"rancher/k3s:v(\d+\.\d+\.\d+)-k3s\d+", image)
+    if not match:
+        raise UserError(f"docker-compose.yml's k3s image is not a pinned release: {image}")
+    return match.group(1)
+
+
+@functools.cache
 def node_versions(root: Path = ROOT) -> dict[str, str]:
     """local/node/versions.env: the versions of the local node image."""
     return parse_env_file((root / NODE_VERSIONS_FILE).read_text())
 
 
-def _path(value: str | None, default: Path) -> Path:
+@overload
+def _path(value: str | None, default: Path) -> Path: ...
+@overload
+def _path(value: str | None, default: None) -> Path | None: ...
+def _path(value: str | None, default: Path | None) -> Path | None:
     """A path setting: absolute, or relative to the current directory; ``default`` if unset."""
     return Path(value).expanduser().resolve() if value else default
 
@@ -107,6 +122,13 @@ class Settings:
     airflow_image: str = ""
     #: Connections, variables and pools applied at `up` ($AIRFLOW_SETTINGS).
     settings_file: Path = ROOT / "airflow" / "settings.yaml"
+    #: The user's own work: the DAGs folder the dag-processor reads and the worker image bakes
+    #: ($DAGS_DIR), the worker's base image ($WORKER_BASE_IMAGE, default the Airflow image),
+    #: extra worker requirements ($WORKER_REQUIREMENTS) and the pod template ($POD_TEMPLATE).
+    dags_dir: Path = ROOT / "dags"
+    worker_base_image: str = ""
+    worker_requirements: Path | None = None
+    pod_template: Path = ROOT / "airflow" / "pod_template.yaml"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, root: Path = ROOT) -> Settings:
@@ -139,6 +161,10 @@ class Settings:
             airflow_image=merged.get("AIRFLOW_IMAGE")
             or compose_images(root)["upstream"]["airflow-apiserver"],
             settings_file=_path(merged.get("AIRFLOW_SETTINGS"), root / "airflow" / "settings.yaml"),
+            dags_dir=_path(merged.get("DAGS_DIR"), root / "dags"),
+            worker_base_image=merged.get("WORKER_BASE_IMAGE", ""),
+            worker_requirements=_path(merged.get("WORKER_REQUIREMENTS"), None),
+            pod_template=_path(merged.get("POD_TEMPLATE"), root / "airflow" / "pod_template.yaml"),
         )
 
     @property
@@ -173,7 +199,12 @@ class Settings:
     @property
     def compose_env(self) -> dict[str, str]:
         """Variables the compose file interpolates that tasks decide (image source, state dir)."""
-        env = {"AIRFLOW_K3S_GENERATED": str(self.generated), "AIRFLOW_IMAGE": self.airflow_image}
+        env = {
+            "AIRFLOW_K3S_GENERATED": str(self.generated),
+            "AIRFLOW_IMAGE": self.airflow_image,
+            "DAGS_DIR": str(self.dags_dir),
+            "POD_TEMPLATE": str(self.pod_template),
+        }
         if self.local:
             env["PYTHON_BASE_IMAGE"] = LOCAL_PYTHON_IMAGE
         return env

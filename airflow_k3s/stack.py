@@ -9,7 +9,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 
-from airflow_k3s import cluster, compose, images, objects
+from airflow_k3s import cluster, compose, images, objects, userfiles
 from airflow_k3s.airflow_api import AirflowAPI
 from airflow_k3s.compose import say
 from airflow_k3s.exits import ExitCode, UserError
@@ -20,6 +20,7 @@ from airflow_k3s.rendering import (
     generate_secrets,
     parse_env_file,
     render_env_file,
+    render_kpo_rbac,
     render_worker_secret,
     worker_env,
     write_private,
@@ -44,8 +45,11 @@ def ensure_secrets(cfg: Settings) -> Settings:
     os.chmod(env_file, 0o600)
     # What compose will use: a value exported in the shell beats .env.
     effective = {k: os.environ.get(k) or updated[k] for k in SECRET_KEYS}
-    secret = render_worker_secret(worker_environment(cfg, effective))
+    worker = worker_environment(cfg, effective)
+    namespace = worker.get("AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE", "default")
+    secret = render_worker_secret(worker, namespace)
     write_private(cfg.generated / "k3s" / f"{WORKER_SECRET_NAME}.yaml", secret)
+    write_private(cfg.generated / "k3s" / "airflow-kpo-rbac.yaml", render_kpo_rbac(namespace))
     return dataclasses.replace(cfg, secrets=effective)
 
 
@@ -72,6 +76,7 @@ def port_conflicts(cfg: Settings, running: set[str], taken: Callable[[int], bool
 def up(cfg: Settings, build: bool, timeout: float) -> Settings:
     """Secrets, images, `compose up`, healthy, worker image pushed, kubeconfig, worker Secret."""
     compose.check_docker()
+    userfiles.check_all(cfg)
     cfg = ensure_secrets(cfg)
     docker = compose.client(cfg)
     problems = port_conflicts(cfg, compose.running_services(docker), port_taken)

@@ -6,14 +6,18 @@ objects through kubectl, the shared volume on the node, S3, the task logs throug
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from demo_lib import object_key, sanitise_run_id
 
 from airflow_k3s.cluster import pod_label_value
+from airflow_k3s.settings import ROOT
 from tests.harness import DEMO, DEMO_TASKS, Stack
 
 pytestmark = pytest.mark.docker
@@ -226,3 +230,101 @@ def test_a_failed_try_is_retried_in_a_fresh_pod(stack: Stack) -> None:
     assert result["try"] == 2
     assert result["first_try_pod"] == by_try["1"]["metadata"]["name"]
     assert result["pod"] == by_try["2"]["metadata"]["name"]
+
+
+def test_a_task_launches_its_own_pod_with_the_kubernetes_pod_operator(stack: Stack) -> None:
+    run_id = stack.run_dag("example_kpo", timeout=600)
+    worker = run_pods(stack, "example_kpo", run_id)["launch"]
+    assert worker["spec"]["serviceAccountName"] == "airflow-kpo"
+    log = stack.api().task_log("example_kpo", run_id, "launch", 1)
+    assert "hello from the pod the task launched" in log, log[-3000:]
+    children = stack.pods("example=kpo-child")
+    assert all(p["metadata"].get("deletionTimestamp") for p in children), "deleted at the end"
+
+
+def test_two_executors_a_pod_for_one_task_the_scheduler_for_the_other(stack: Stack) -> None:
+    run_id = stack.run_dag("example_two_executors", timeout=600)
+    pods = run_pods(stack, "example_two_executors", run_id)
+    assert set(pods) == {"in_a_pod"}, "the LocalExecutor's task has no pod"
+    api = stack.api()
+    assert (
+        api.xcom("example_two_executors", run_id, "in_a_pod")
+        == pods["in_a_pod"]["metadata"]["name"]
+    )
+    scheduler = next(
+        c
+        for c in stack.docker().compose.ps()
+        if (c.config.labels or {}).get("com.docker.compose.service") == "airflow-scheduler"
+    )
+    assert (
+        api.xcom("example_two_executors", run_id, "in_the_scheduler") == scheduler.config.hostname
+    )
+    _, tis = api.run_state("example_two_executors", run_id)
+    assert tis["in_the_scheduler"]["executor"] == "LocalExecutor"
+
+
+def test_task_test_runs_one_task_as_a_pod_outside_any_run(stack: Stack) -> None:
+    runs_before = stack.api().get(f"/api/v2/dags/{DEMO}/dagRuns", limit=100)["total_entries"]
+    result = stack.invoke("task-test", DEMO, "fetch", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Wrote 3 orders" in result.stdout
+    assert re.search(
+        r"pod task-test-demo-rest-to-s3-fetch-\w+ ended: Completed \(exit 0\)", result.stderr
+    )
+    pods = stack.pods("airflow-k3s/task-test=true")
+    assert pods, "the pod stays for inspection"
+    assert pods[-1]["spec"]["containers"][0]["args"][:3] == ["airflow", "tasks", "test"]
+    runs_after = stack.api().get(f"/api/v2/dags/{DEMO}/dagRuns", limit=100)["total_entries"]
+    assert runs_after == runs_before, "outside any DAG run"
+
+
+def test_users_own_dags_requirements_template_and_base_image(stack: Stack, tmp_path: Path) -> None:
+    """DAGS_DIR, WORKER_REQUIREMENTS, POD_TEMPLATE, then WORKER_BASE_IMAGE, each through `invoke
+    up` and a run on the cluster; then the repo's defaults again. (Last: it changes the stack.)"""
+    dags = tmp_path / "my-dags"
+    dags.mkdir()
+    (dags / "my_dag.py").write_text(
+        "from airflow.sdk import dag, task\n\n\n"
+        "@task\ndef mine() -> str:\n    import humanize\n\n    return humanize.__version__\n\n\n"
+        "@dag(dag_id='my_dag', schedule=None, catchup=False)\n"
+        "def my_dag():\n    mine()\n\n\nmy_dag()\n"
+    )
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("humanize==4.12.3\n")
+    template = yaml.safe_load((ROOT / "airflow" / "pod_template.yaml").read_text())
+    template["metadata"]["labels"]["airflow-k3s/template"] = "mine"
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(template))
+    mine = Stack(
+        stack.images,
+        stack.project,
+        stack.state_dir,
+        {
+            **stack.env,
+            "DAGS_DIR": str(dags),
+            "WORKER_REQUIREMENTS": str(requirements),
+            "POD_TEMPLATE": str(tmp_path / "pod.yaml"),
+        },
+    )
+    try:
+        up = mine.invoke("up", timeout=1200)
+        assert up.returncode == 0, up.stderr[-3000:]
+        run_id = mine.run_dag("my_dag", timeout=600)
+        assert mine.api().xcom("my_dag", run_id, "mine") == "4.12.3"
+        pod = run_pods(mine, "my_dag", run_id)["mine"]
+        assert pod["metadata"]["labels"]["airflow-k3s/template"] == "mine"
+        assert "demo_rest_to_s3" not in mine.api().dag_ids(), "the dag-processor reads DAGS_DIR"
+        # The user's own Airflow image as the worker's base (here: the local Airflow image, which
+        # carries the provider; worker/byo.Dockerfile keeps its user and entrypoint).
+        byo = Stack(
+            stack.images,
+            stack.project,
+            stack.state_dir,
+            {**stack.env, "WORKER_BASE_IMAGE": "airflow-k3s/airflow:3.3.2"},
+        )
+        up = byo.invoke("up", timeout=1200)
+        assert up.returncode == 0, up.stderr[-3000:]
+        run_id = byo.run_dag(DEMO, timeout=600)
+        assert set(run_pods(byo, DEMO, run_id)) == DEMO_TASKS
+    finally:
+        back = stack.invoke("up", timeout=1200)
+    assert back.returncode == 0, back.stderr[-3000:]

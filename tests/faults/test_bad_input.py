@@ -148,3 +148,46 @@ def test_worker_image_missing_from_the_registry(stack: Stack) -> None:
         pushed = stack.invoke("push", timeout=300)
     assert pushed.returncode == 0, pushed.stderr
     assert pushed.stdout.strip().splitlines()[-1] == digest, "the same image is back"
+
+
+@pytest.mark.parametrize(
+    ("task", "setting", "value", "message"),
+    [
+        ("build", "DAGS_DIR", "{tmp}/no-such-dags", "DAGS_DIR={tmp}/no-such-dags: no such folder"),
+        (
+            "up",
+            "POD_TEMPLATE",
+            "{tmp}/pod.yaml",
+            "POD_TEMPLATE={tmp}/pod.yaml: the first container must be named base "
+            "(the task runs in it), not: worker",
+        ),
+        (
+            "up",
+            "WORKER_REQUIREMENTS",
+            "{tmp}/none.txt",
+            "WORKER_REQUIREMENTS={tmp}/none.txt: no such file",
+        ),
+    ],
+)
+def test_users_own_files_are_checked_first(
+    stack: Stack, tmp_path: Path, task: str, setting: str, value: str, message: str
+) -> None:
+    (tmp_path / "pod.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: mine}\n"
+        "spec: {containers: [{name: worker, image: registry:5000/airflow-worker:latest}]}\n"
+    )
+    other = variant(stack, **{setting: value.format(tmp=tmp_path)})
+    result = other.invoke(task, timeout=300)
+    assert one_line_error(result) == message.format(tmp=tmp_path)
+    assert result.returncode == 2
+
+
+def test_a_worker_base_image_without_the_provider_is_refused(stack: Stack) -> None:
+    # An image with Python but no Airflow (the local Python base) stands for a wrong base.
+    other = variant(stack, WORKER_BASE_IMAGE="airflow-k3s/python:3.11-local")
+    result = other.invoke("build", "--worker-only", timeout=300)
+    line = one_line_error(result)
+    assert result.returncode == 2
+    assert line.startswith("WORKER_BASE_IMAGE=airflow-k3s/python:3.11-local cannot run worker pods")
+    assert "ModuleNotFoundError: No module named 'airflow'" in line
+    assert "apache-airflow-providers-cncf-kubernetes" in line

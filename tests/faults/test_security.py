@@ -191,6 +191,29 @@ def test_worker_pods_service_account_cannot_touch_the_cluster(stack: Stack) -> N
         assert result.stdout.strip() == "no", (verb, resource, result.stdout, result.stderr)
 
 
+@pytest.mark.parametrize(
+    ("verb", "resource", "namespace", "allowed"),
+    [
+        ("create", "pods", "default", "yes"),
+        ("delete", "pods", "default", "yes"),
+        ("get", "pods/log", "default", "yes"),
+        ("create", "pods", "kube-system", "no"),
+        ("get", "secrets", "default", "no"),
+        ("create", "deployments", "default", "no"),
+        ("list", "nodes", "", "no"),
+        ("create", "pods/exec", "default", "no"),
+    ],
+)
+def test_the_kpo_service_account_may_launch_pods_and_nothing_else(
+    stack: Stack, verb: str, resource: str, namespace: str, allowed: str
+) -> None:
+    account = "system:serviceaccount:default:airflow-kpo"
+    args = ["auth", "can-i", verb, resource, f"--as={account}"]
+    args += ["-n", namespace] if namespace else []
+    result = stack.kubectl(*args)
+    assert result.stdout.strip() == allowed, (verb, resource, namespace, result.stderr)
+
+
 def test_no_default_credentials(stack: Stack) -> None:
     cfg = stack.settings
     for user, password in [("admin", "admin"), ("airflow", "airflow"), ("admin", "")]:

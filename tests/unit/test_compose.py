@@ -333,8 +333,11 @@ def test_airflow_services_get_the_config_file_and_secrets_by_interpolation() -> 
     for key, value in common["environment"].items():
         if re.search(r"PASSWORD|SECRET|FERNET|KEY_ID|SQL_ALCHEMY_CONN", key):
             assert "${" in value, f"{key} must come from the generated .env"
-    mounts = {v.split(":")[1] for v in common["volumes"]}
-    assert "/opt/airflow/pod_template.yaml" in mounts
+    mounts = {v.rsplit(":", 2)[-2]: v.rsplit(":", 2)[0] for v in common["volumes"]}
+    assert (
+        mounts["/opt/airflow/pod_template.yaml"] == "${POD_TEMPLATE:-./airflow/pod_template.yaml}"
+    )
+    assert mounts["/opt/airflow/dags"] == "${DAGS_DIR:-./dags}"
 
 
 def test_k3s_mounts_the_registry_mirror_and_manifests() -> None:

@@ -133,7 +133,7 @@ def test_env_file_round_trip_including_json_with_quotes() -> None:
 
 def test_the_config_file_parses_and_is_airflow3_only(repo: Path) -> None:
     config = k3s.parse_env_file((repo / "airflow" / "airflow.env").read_text())
-    assert config["AIRFLOW__CORE__EXECUTOR"] == "KubernetesExecutor"
+    assert config["AIRFLOW__CORE__EXECUTOR"].split(",")[0] == "KubernetesExecutor", "the default"
     assert k3s.s3_endpoint(config["AIRFLOW_CONN_AWS_DEFAULT"]) == "http://s3:8333"
     assert not [k for k in config if k.startswith("AIRFLOW__KUBERNETES__")]
     assert not set(config) & set(k3s.SECRET_KEYS)
@@ -386,4 +386,16 @@ def test_the_container_cli_imports_nothing_of_the_host_library() -> None:
         "airflow_k3s.container",
         "airflow_k3s.exits",
         "airflow_k3s.rendering",
+    ]
+
+
+def test_kpo_rbac_allows_pods_in_one_namespace_only() -> None:
+    docs = list(yaml.safe_load_all(k3s.render_kpo_rbac("team-a")))
+    kinds = [d["kind"] for d in docs]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding"]
+    assert {d["metadata"]["namespace"] for d in docs} == {"team-a"}
+    resources = {r for rule in docs[1]["rules"] for r in rule["resources"]}
+    assert resources == {"pods", "pods/log", "events"}
+    assert docs[2]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "airflow-kpo", "namespace": "team-a"}
     ]

@@ -54,6 +54,8 @@ def test_images_local_puts_the_override_last(tmp_path: Path) -> None:
     assert cfg.compose_env == {
         "AIRFLOW_K3S_GENERATED": str(tmp_path / ".generated"),
         "AIRFLOW_IMAGE": "airflow-k3s/airflow:3.3.2",
+        "DAGS_DIR": str(REPO / "dags"),
+        "POD_TEMPLATE": str(REPO / "airflow" / "pod_template.yaml"),
         "PYTHON_BASE_IMAGE": settings.LOCAL_PYTHON_IMAGE,
     }
 
