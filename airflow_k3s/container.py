@@ -120,7 +120,17 @@ def _cmd_parse_dags(args: argparse.Namespace) -> None:
 
 def _cmd_pod_yaml(args: argparse.Namespace) -> None:
     """The pod the KubernetesExecutor would create for one task: the pod template, the executor's
-    config and the task's pod_override, merged by the provider's own PodGenerator."""
+    config and the task's pod_override, merged by the provider's own PodGenerator. Airflow logs
+    to stdout: while it works, stdout is stderr, and only the YAML goes to the real stdout."""
+    result, sys.stdout = sys.stdout, sys.stderr
+    try:
+        text = _pod_yaml(args)
+    finally:
+        sys.stdout = result
+    print(text, end="")
+
+
+def _pod_yaml(args: argparse.Namespace) -> str:
     import yaml
     from airflow.dag_processing.dagbag import BundleDagBag
     from airflow.providers.cncf.kubernetes.kube_config import KubeConfig
@@ -162,7 +172,7 @@ def _cmd_pod_yaml(args: argparse.Namespace) -> None:
         run_id="preview",
         with_mutation_hook=True,
     )
-    print(yaml.safe_dump(ApiClient().sanitize_for_serialization(pod), sort_keys=False), end="")
+    return str(yaml.safe_dump(ApiClient().sanitize_for_serialization(pod), sort_keys=False))
 
 
 def main(argv: list[str] | None = None) -> int:

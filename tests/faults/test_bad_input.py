@@ -191,3 +191,22 @@ def test_a_worker_base_image_without_the_provider_is_refused(stack: Stack) -> No
     assert line.startswith("WORKER_BASE_IMAGE=airflow-k3s/python:3.11-local cannot run worker pods")
     assert "ModuleNotFoundError: No module named 'airflow'" in line
     assert "apache-airflow-providers-cncf-kubernetes" in line
+
+
+def test_up_where_images_cannot_be_pulled_names_images_local(stack: Stack, tmp_path: Path) -> None:
+    """IMAGES=upstream on a machine that reaches no image registry (these machines)."""
+    project = f"airflow-k3s-fault-pull-{uuid.uuid4().hex[:6]}"
+    ports = {name: str(free_port()) for name in stack.settings.ports}
+    other = variant(
+        stack,
+        IMAGES="upstream",
+        COMPOSE_PROJECT_NAME=project,
+        AIRFLOW_K3S_STATE_DIR=str(tmp_path),
+        **ports,
+    )
+    result = other.invoke("up", timeout=600)
+    line = one_line_error(result)
+    assert result.returncode == 8
+    assert line.startswith("cannot pull ")
+    assert "run with IMAGES=local, which builds every image here from packages" in line
+    assert other.leftovers() == [], "nothing was started"

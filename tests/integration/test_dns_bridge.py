@@ -221,6 +221,11 @@ def pod_netns(node: Container) -> str:
     """A network namespace standing in for a pod, wired like k3s's CNI wires one (veth pair,
     default route via the node side). DNS to the node's own IP is delivered locally, so neither
     ip_forward nor MASQUERADE is needed for it (k3s sets both up anyway for other traffic)."""
+    return add_pod_netns(node)
+
+
+def add_pod_netns(node: Container) -> str:
+    """A network namespace in the node container, wired to it by a veth pair; its name."""
     check(
         node,
         f"""
@@ -332,24 +337,10 @@ def test_engines_without_docker_output_chain_work_too(
     result = run_in(nft_node, f"sh {ENTRYPOINT_IN_CONTAINER}", envs={"AIRFLOW_K3S_DNS_ONLY": "1"})
     assert result.return_code == 0, f"{result.stdout}\n{result.stderr}"
     assert "no DOCKER_OUTPUT chain in any iptables backend" in result.stderr
-    check(
-        nft_node,
-        f"""
-        set -eu
-        ip netns add {POD_NETNS}
-        ip link add vpod-node type veth peer name vpod-pod
-        ip link set vpod-pod netns {POD_NETNS}
-        ip addr add {POD_GATEWAY}/24 dev vpod-node
-        ip link set vpod-node up
-        ip -n {POD_NETNS} link set lo up
-        ip -n {POD_NETNS} addr add {POD_IP}/24 dev vpod-pod
-        ip -n {POD_NETNS} link set vpod-pod up
-        ip -n {POD_NETNS} route add default via {POD_GATEWAY}
-        """,
-    )
+    netns = add_pod_netns(nft_node)
     nameserver = nameserver_of(nft_node)
     for tcp in (False, True):
-        assert resolve_from_pod(nft_node, POD_NETNS, nameserver, TARGET_ALIAS, tcp) == target_ip
+        assert resolve_from_pod(nft_node, netns, nameserver, TARGET_ALIAS, tcp) == target_ip
 
 
 def test_fails_loudly_without_dockers_embedded_dns(

@@ -291,8 +291,11 @@ def test_mockserver_healthcheck_is_disabled_with_a_reason_and_probed_by_init() -
 
 def test_airflow_init_waits_for_everything_it_sets_up() -> None:
     deps = SERVICES["airflow-init"]["depends_on"]
-    for name in ("postgres", "s3", "registry", "k3s"):
+    for name in ("postgres", "s3", "registry"):
         assert deps[name]["condition"] == "service_healthy", name
+    # It needs no cluster: it runs while the node starts, and waits for no kubeconfig.
+    assert "k3s" not in deps
+    assert SERVICES["airflow-init"]["environment"]["AIRFLOW_K3S_KUBECONFIG_SRC"] == ""
 
 
 @pytest.mark.parametrize("doc", [COMPOSE, LOCAL], ids=["compose", "local"])
@@ -323,7 +326,14 @@ def test_airflow_services_share_one_common_definition() -> None:
     for name in AIRFLOW_SERVICES:
         svc = SERVICES[name]
         for key in ("image", "build", "user", "env_file", "environment", "volumes"):
-            assert svc[key] == common[key], f"{name}.{key} differs from x-airflow-common"
+            value = svc[key]
+            if name == "airflow-init" and key == "environment":
+                # The one difference: the one-shot waits for no kubeconfig (it needs no cluster).
+                value = {
+                    **value,
+                    "AIRFLOW_K3S_KUBECONFIG_SRC": common[key]["AIRFLOW_K3S_KUBECONFIG_SRC"],
+                }
+            assert value == common[key], f"{name}.{key} differs from x-airflow-common"
 
 
 def test_airflow_services_get_the_config_file_and_secrets_by_interpolation() -> None:

@@ -74,40 +74,38 @@ func apiServerArgs(c *Config, l Layout) []string {
 	}, extraArgs(c.APIServerArgs)...)
 }
 
-func controllerManagerArgs(c *Config, l Layout) []string {
-	kubeconfig := l.Cred("controller.kubeconfig")
-	return append([]string{
+// clientFlags: the kubeconfig a controller talks to the API server with, and authenticates and
+// authorizes its own clients (metrics, healthz) through.
+func clientFlags(kubeconfig string) []string {
+	return []string{
 		"--kubeconfig=" + kubeconfig,
 		"--authentication-kubeconfig=" + kubeconfig,
 		"--authorization-kubeconfig=" + kubeconfig,
 		"--bind-address=127.0.0.1",
-		"--secure-port=10257",
 		"--leader-elect=false",
+		"--profiling=false",
+	}
+}
+
+func controllerManagerArgs(c *Config, l Layout) []string {
+	return append(append(clientFlags(l.Cred("controller.kubeconfig")),
+		"--secure-port=10257",
 		"--use-service-account-credentials=true",
-		"--service-account-private-key-file=" + l.TLS("service.key"),
-		"--root-ca-file=" + l.TLS("server-ca.crt"),
-		"--cluster-signing-cert-file=" + l.TLS("client-ca.crt"),
-		"--cluster-signing-key-file=" + l.TLS("client-ca.key"),
-		"--cluster-cidr=" + c.ClusterCIDR,
-		"--service-cluster-ip-range=" + c.ServiceCIDR,
+		"--service-account-private-key-file="+l.TLS("service.key"),
+		"--root-ca-file="+l.TLS("server-ca.crt"),
+		"--cluster-signing-cert-file="+l.TLS("client-ca.crt"),
+		"--cluster-signing-key-file="+l.TLS("client-ca.key"),
+		"--cluster-cidr="+c.ClusterCIDR,
+		"--service-cluster-ip-range="+c.ServiceCIDR,
 		// The pod subnet is fixed (one node, PodSubnet) and written into the CNI config.
 		"--allocate-node-cidrs=false",
 		"--configure-cloud-routes=false",
-		"--profiling=false",
-	}, extraArgs(c.ControllerArgs)...)
+	), extraArgs(c.ControllerArgs)...)
 }
 
 func schedulerArgs(c *Config, l Layout) []string {
-	kubeconfig := l.Cred("scheduler.kubeconfig")
-	return append([]string{
-		"--kubeconfig=" + kubeconfig,
-		"--authentication-kubeconfig=" + kubeconfig,
-		"--authorization-kubeconfig=" + kubeconfig,
-		"--bind-address=127.0.0.1",
-		"--secure-port=10259",
-		"--leader-elect=false",
-		"--profiling=false",
-	}, extraArgs(c.SchedulerArgs)...)
+	args := append(clientFlags(l.Cred("scheduler.kubeconfig")), "--secure-port=10259")
+	return append(args, extraArgs(c.SchedulerArgs)...)
 }
 
 func kubeletArgs(c *Config, l Layout) []string {

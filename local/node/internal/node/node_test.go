@@ -192,3 +192,38 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+func TestComponentFlagsTheNodeRelieson(t *testing.T) {
+	cfg, err := LoadConfig([]string{"--node-name=k3s", "--node-ip=172.18.0.5", "--resolv-conf=/r"}, noEnv, "/nonexistent")
+	must(t, err)
+	l := Layout{DataDir: "/d"}
+	api := apiServerArgs(cfg, l)
+	for _, want := range []string{"--advertise-address=172.18.0.5", "--etcd-servers=" + etcdClientURL,
+		"--requestheader-client-ca-file=/d/server/tls/request-header-ca.crt", "--authorization-mode=Node,RBAC",
+		"--kubelet-certificate-authority=/d/server/tls/server-ca.crt"} {
+		if !contains(api, want) {
+			t.Errorf("kube-apiserver lacks %s", want)
+		}
+	}
+	for name, args := range map[string][]string{"controller-manager": controllerManagerArgs(cfg, l), "scheduler": schedulerArgs(cfg, l)} {
+		if !contains(args, "--leader-elect=false") || !contains(args, "--bind-address=127.0.0.1") {
+			t.Errorf("%s: %v", name, args)
+		}
+	}
+	kubelet := kubeletConfig(cfg, l)
+	for _, want := range []string{"cgroupDriver: cgroupfs", "resolvConf: /r", "- 10.43.0.10", "containerRuntimeEndpoint: unix://" + ContainerdSocket} {
+		if !strings.Contains(kubelet, want) {
+			t.Errorf("kubelet config lacks %q", want)
+		}
+	}
+	if !strings.Contains(containerdConfig(cfg, l), "restrict_oom_score_adj = false") {
+		t.Error("restrict_oom_score_adj must follow the flag")
+	}
+	cfg.RestrictOOMScoreAdj = true
+	if !strings.Contains(containerdConfig(cfg, l), "restrict_oom_score_adj = true") {
+		t.Error("restrict_oom_score_adj must follow the flag")
+	}
+	if !strings.Contains(cniConfig(cfg), `"subnet": "10.42.0.0/24"`) {
+		t.Error("the CNI subnet is the node's pod subnet")
+	}
+}
