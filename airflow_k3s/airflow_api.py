@@ -80,9 +80,11 @@ class AirflowAPI:
         return str(response.json()["dag_run_id"])
 
     def run_state(self, dag_id: str, run_id: str) -> tuple[str, dict[str, dict[str, Any]]]:
+        """The run's state and its task instances by ``task_id`` (``task_id[3]`` when mapped)."""
         run = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-        tis = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-        return str(run["state"]), {ti["task_id"]: ti for ti in tis}
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+        tis = self.get(path, limit=1000)["task_instances"]
+        return str(run["state"]), {ti_key(ti): ti for ti in tis}
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
@@ -96,6 +98,12 @@ class AirflowAPI:
         )
         response.raise_for_status()
         return render_log(response.json().get("content") or [])
+
+
+def ti_key(ti: dict[str, Any]) -> str:
+    """``task_id``, or ``task_id[map_index]`` for a mapped task instance."""
+    index = int(ti.get("map_index", -1) if ti.get("map_index") is not None else -1)
+    return f"{ti['task_id']}[{index}]" if index >= 0 else str(ti["task_id"])
 
 
 def render_log(content: list[Any]) -> str:

@@ -290,8 +290,17 @@ def try_python(image: str, code: str) -> tuple[bool, str]:
         check=False,
         timeout=300,
     )
-    lines = (result.stderr or result.stdout).strip().splitlines() or [""]
-    return result.returncode == 0, lines[-1][-200:]
+    return result.returncode == 0, last_error_line(result.stderr or result.stdout)
+
+
+def last_error_line(output: str) -> str:
+    """The line of a failed `docker run` or Python that says why: a traceback's last line, or
+    Docker's "Error response from daemon" line rather than its "Run 'docker run --help'" hint."""
+    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()] or [""]
+    daemon = [ln for ln in lines if "Error response from daemon:" in ln]
+    if daemon:
+        return daemon[-1].split("Error response from daemon:")[-1].strip()[:200]
+    return lines[-1][-200:]
 
 
 def try_run(image: str, *options: str) -> tuple[bool, str]:

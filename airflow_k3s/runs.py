@@ -6,6 +6,7 @@ import hashlib
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +45,24 @@ def state_changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[s
     ]
 
 
+def progress(tis: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Each task's state; a mapped task's instances counted: 'noop (100 mapped)': 'success 100'."""
+    shown: dict[str, str] = {}
+    mapped: dict[str, Counter[str]] = {}
+    for key, ti in tis.items():
+        state = str(ti.get("state") or "")
+        if key.endswith("]"):
+            mapped.setdefault(str(ti["task_id"]), Counter())[state or "none"] += 1
+        else:
+            shown[key] = state
+    for task_id, counts in mapped.items():
+        total = sum(counts.values())
+        shown[f"{task_id} ({total} mapped)"] = ", ".join(
+            f"{s} {n}" for s, n in sorted(counts.items())
+        )
+    return shown
+
+
 def api(cfg: Settings) -> AirflowAPI:
     """A logged-in client of the running stack's API."""
     compose.require_running(cfg)
@@ -56,7 +75,7 @@ def follow_run(cfg: Settings, client: AirflowAPI, dag_id: str, run_id: str, time
     seen: dict[str, str] = {}
     while True:
         state, tis = client.run_state(dag_id, run_id)
-        now = {task_id: str(ti.get("state") or "") for task_id, ti in tis.items()}
+        now = progress(tis)
         for line in state_changes(seen, now):
             say(line)
         seen = now

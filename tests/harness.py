@@ -216,6 +216,11 @@ def running_stack(request: pytest.FixtureRequest, images: str) -> Iterator[Stack
     stack = Stack(images, project, state_dir, stack_env(images, project, state_dir))
     failed_before = request.session.testsfailed
     up = stack.invoke("up", timeout=3600)
+    # What `up` did (builds and their times, waits) goes to the terminal, past pytest's capture,
+    # so that a CI log shows where a cold start spent its time.
+    progress = [ln for ln in up.stderr.splitlines() if ln.startswith(("==> ", "    node build:"))]
+    terminal = sys.__stderr__ or sys.stderr
+    terminal.write("\n".join(["", f"`invoke up` of {project}:", *progress, ""]))
     try:
         if up.returncode != 0:
             pytest.fail(

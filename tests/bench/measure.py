@@ -55,13 +55,26 @@ class TaskTiming:
         }
 
 
+def ended_pods(stack: Stack, selector: str, timeout: float = 180) -> list[dict[str, Any]]:
+    """The selector's pods once none is Pending or Running (a task's state is final before its
+    pod has ended: the worker uploads the task's log after reporting the state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pods = stack.pods(selector)
+        if all(p["status"].get("phase") not in ("Pending", "Running") for p in pods):
+            return pods
+        if time.monotonic() > deadline:
+            return pods
+        time.sleep(1)
+
+
 def task_timings(stack: Stack, dag_id: str, run_id: str) -> list[TaskTiming]:
-    """Every task instance of a run with its pod's timestamps."""
+    """Every task instance of a run with its pod's timestamps (once its pods have ended)."""
     api = stack.api()
     tis = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=1000)[
         "task_instances"
     ]
-    pods = stack.pods(f"dag_id={pod_label_value(dag_id)},run_id={pod_label_value(run_id)}")
+    pods = ended_pods(stack, f"dag_id={pod_label_value(dag_id)},run_id={pod_label_value(run_id)}")
     by_key: dict[tuple[str, int], dict[str, Any]] = {}
     for pod in pods:
         labels = pod["metadata"]["labels"]
@@ -109,10 +122,9 @@ class Readiness:
 
 def watch_readiness(stack: Stack, stop: threading.Event, into: Readiness) -> None:
     """Poll compose every 0.5 s until ``stop``: first time each service is healthy or done."""
-    docker = stack.docker()
     while not stop.is_set():
-        try:
-            states = compose.service_states(docker)
+        try:  # a new client each time: `up` writes the .env the first client would not have read
+            states = compose.service_states(stack.docker())
         except Exception:  # the project may not exist yet at the start of `up`
             states = {}
         now = time.monotonic() - into.started

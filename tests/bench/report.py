@@ -257,7 +257,7 @@ def experiments_section(report: Report) -> list[str]:
         return []
     out = ["", "## Experiments: what each change gave (one run against the other)", ""]
     rows = [[e["change"], e["before"], e["after"], e["kept"]] for e in report.experiments]
-    return out + _table(["change", "before", "after", "kept?"], rows)
+    return out + _table(["experiment", "with it", "the project's settings", "verdict"], rows)
 
 
 def standin_comparison(report: Report, docs: Path) -> list[str]:

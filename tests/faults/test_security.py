@@ -208,7 +208,10 @@ def test_the_kpo_service_account_may_launch_pods_and_nothing_else(
     stack: Stack, verb: str, resource: str, namespace: str, allowed: str
 ) -> None:
     account = "system:serviceaccount:default:airflow-kpo"
-    args = ["auth", "can-i", verb, resource, f"--as={account}"]
+    # `kubectl auth can-i` takes a subresource as a flag: "pods/exec" as one word names no resource.
+    kind, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, kind, f"--as={account}"]
+    args += [f"--subresource={sub}"] if sub else []
     args += ["-n", namespace] if namespace else []
     result = stack.kubectl(*args)
     assert result.stdout.strip() == allowed, (verb, resource, namespace, result.stderr)

@@ -264,3 +264,17 @@ def test_state_changes_reports_only_changes() -> None:
         "verify: none -> queued",
     ]
     assert runs.state_changes(after, after) == []
+
+
+def test_mapped_task_instances_are_counted_not_listed() -> None:
+    from airflow_k3s.airflow_api import ti_key
+    from airflow_k3s.runs import progress
+
+    rows: list[dict[str, Any]] = [
+        {"task_id": "items", "map_index": -1, "state": "success"},
+        *({"task_id": "noop", "map_index": i, "state": "running"} for i in range(3)),
+        {"task_id": "noop", "map_index": 3, "state": None},
+    ]
+    tis = {ti_key(ti): ti for ti in rows}
+    assert sorted(tis) == ["items", "noop[0]", "noop[1]", "noop[2]", "noop[3]"]
+    assert progress(tis) == {"items": "success", "noop (4 mapped)": "none 1, running 3"}

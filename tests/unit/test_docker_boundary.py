@@ -216,3 +216,26 @@ def test_require_running_names_the_service(monkeypatch: pytest.MonkeyPatch, tmp_
     assert exc.value.message == (
         "the stack is not running (airflow-apiserver is not up): start it with `make up`"
     )
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (
+            'Traceback (most recent call last):\n  File "<string>", line 1\n'
+            "ModuleNotFoundError: No module named 'airflow'\n",
+            "ModuleNotFoundError: No module named 'airflow'",
+        ),
+        (
+            'docker: Error response from daemon: failed to create task: exec: "python": '
+            "executable file not found in $PATH: unknown.\n\n"
+            "Run 'docker run --help' for more information\n",
+            'failed to create task: exec: "python": executable file not found in $PATH: unknown.',
+        ),
+        ("", ""),
+    ],
+)
+def test_the_reason_a_docker_run_failed_is_its_error_not_its_hint(
+    output: str, expected: str
+) -> None:
+    assert compose.last_error_line(output) == expected
