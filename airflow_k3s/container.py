@@ -28,6 +28,15 @@ from airflow_k3s.rendering import (
     write_private,
 )
 
+#: A worker pod's container args, as the KubernetesExecutor gives them (the workload left out).
+WORKLOAD_ARGS = [
+    "python",
+    "-m",
+    "airflow.sdk.execution_time.execute_workload",
+    "--json-string",
+    "<workload>",
+]
+
 
 def wait_for_file(path: Path, timeout: float, what: str, poll: float = 1.0) -> str:
     """Return the non-empty content of ``path``, waiting up to ``timeout`` seconds for it."""
@@ -154,17 +163,12 @@ def _pod_yaml(args: argparse.Namespace) -> str:
     pod = PodGenerator.construct_pod(
         dag_id=args.dag_id,
         task_id=args.task_id,
-        pod_id=f"{args.dag_id}-{args.task_id}".replace("_", "-").lower()[:55] + "-preview",
+        pod_id=args.name
+        or f"{args.dag_id}-{args.task_id}".replace("_", "-").lower()[:55] + "-preview",
         try_number=1,
         kube_image=kube.kube_image,
         date=None,
-        args=[
-            "python",
-            "-m",
-            "airflow.sdk.execution_time.execute_workload",
-            "--json-string",
-            "<workload>",
-        ],
+        args=json.loads(args.args) if args.args else WORKLOAD_ARGS,
         pod_override_object=override,
         base_worker_pod=PodGenerator.deserialize_model_file(kube.pod_template_file),
         namespace=kube.kube_namespace,

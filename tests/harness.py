@@ -219,8 +219,9 @@ def running_stack(request: pytest.FixtureRequest, images: str) -> Iterator[Stack
     # What `up` did (builds and their times, waits) goes to the terminal, past pytest's capture,
     # so that a CI log shows where a cold start spent its time.
     progress = [ln for ln in up.stderr.splitlines() if ln.startswith(("==> ", "    node build:"))]
-    terminal = sys.__stderr__ or sys.stderr
-    terminal.write("\n".join(["", f"`invoke up` of {project}:", *progress, ""]))
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        sys.stderr.write("\n".join(["", f"`invoke up` of {project}:", *progress, ""]) + "\n")
     try:
         if up.returncode != 0:
             pytest.fail(

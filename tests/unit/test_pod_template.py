@@ -7,15 +7,18 @@ from airflow/airflow.env plus the generated credentials.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from airflow_k3s import rendering
 
+REPO = Path(__file__).resolve().parents[2]
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|JWT|PRIVATE|CREDENTIAL", re.IGNORECASE)
 
 
@@ -158,3 +161,32 @@ def test_worker_secret_holds_no_credential_a_worker_does_not_need(
     assert not any("sql_alchemy_conn" in k.lower() for k in env)
     # Secret values are base64 in "data", never readable in the manifest text.
     assert fake_secrets["S3_SECRET_KEY"] not in worker_secret_manifest
+
+
+def test_pod_yaml_gives_the_pod_the_name_and_args_asked_for(
+    airflow_config: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`invoke task-test` asks `pod-yaml` for its own pod name and `airflow tasks test` args."""
+    for key, value in airflow_config.items():
+        if key.startswith("AIRFLOW__KUBERNETES_EXECUTOR__"):
+            monkeypatch.setenv(key, value)
+    template = str(REPO / "airflow" / "pod_template.yaml")
+    monkeypatch.setenv("AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE", template)
+    from airflow_k3s import container
+
+    command = ["airflow", "tasks", "test", "demo_rest_to_s3", "fetch"]
+    asked = argparse.Namespace(
+        folder=str(REPO / "dags"),
+        dag_id="demo_rest_to_s3",
+        task_id="fetch",
+        name="task-test-demo-rest-to-s3-fetch-abc123",
+        args=json.dumps(command),
+    )
+    pod = yaml.safe_load(container._pod_yaml(asked))
+    assert pod["metadata"]["name"] == "task-test-demo-rest-to-s3-fetch-abc123"
+    assert _base(pod)["args"] == command
+    default = yaml.safe_load(
+        container._pod_yaml(argparse.Namespace(**{**vars(asked), "name": "", "args": ""}))
+    )
+    assert default["metadata"]["name"] == "demo-rest-to-s3-fetch-preview"
+    assert _base(default)["args"] == container.WORKLOAD_ARGS
