@@ -166,7 +166,7 @@ def pull_upstream(cfg: Settings, config: Mapping[str, Any]) -> None:
 
 
 def ensure_local_bases(docker: DockerClient, cfg: Settings) -> None:
-    """IMAGES=local: a Debian base made with debootstrap and a python3 base, built once, cached."""
+    """IMAGES=local: a Debian base made once with debootstrap, and a python3 base on it."""
     if not docker.image.exists(LOCAL_DEBIAN_IMAGE):
         if shutil.which("debootstrap") is None:
             raise UserError(
@@ -188,15 +188,15 @@ def ensure_local_bases(docker: DockerClient, cfg: Settings) -> None:
                 stdout=subprocess.DEVNULL,
             )
             compose.import_rootfs(Path(rootfs), LOCAL_DEBIAN_IMAGE)
-    if not docker.image.exists(LOCAL_PYTHON_IMAGE):
-        images = cfg.root / "local" / "images"
-        build_image(
-            docker,
-            images,
-            LOCAL_PYTHON_IMAGE,
-            images / "python.Dockerfile",
-            {"DEBIAN_IMAGE": LOCAL_DEBIAN_IMAGE},
-        )
+    # Built every time: Docker's layer cache makes that a no-op unless python.Dockerfile changed.
+    images = cfg.root / "local" / "images"
+    build_image(
+        docker,
+        images,
+        LOCAL_PYTHON_IMAGE,
+        images / "python.Dockerfile",
+        {"DEBIAN_IMAGE": LOCAL_DEBIAN_IMAGE},
+    )
 
 
 def node_source_hash(node_dir: Path) -> str:
