@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from airflow_k3s import compose
 from airflow_k3s.settings import ROOT, Settings
 from tests.bench import measure
 from tests.bench.measure import Sampler, median, task_timings, timed
@@ -437,9 +438,8 @@ def compose_up_scheduler(stack: Stack, extra: list[Path]) -> None:
     env_files = [cfg.env_file, cfg.generated / "compose.env"]
     for env_file in env_files:
         cmd += ["--env-file", str(env_file)]
-    subprocess.run(
-        [*cmd, "up", "-d", "--no-build", "--wait", "airflow-scheduler"], env=stack.env, check=True
-    )
+    subprocess.run([*cmd, "up", "-d", "--no-build", "airflow-scheduler"], env=stack.env, check=True)
+    compose.wait_healthy(cfg, timeout=300)
 
 
 def write_edit_dag(path: Path, value: str) -> None:
