@@ -8,6 +8,7 @@ import json
 import secrets
 import subprocess
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -103,9 +104,21 @@ def pod_yaml(cfg: Settings, dag_id: str, task_id: str) -> str:
 TASK_TEST_SECRET = "airflow-task-test-env"
 
 
+def task_test_command(dag_id: str, task_id: str, now: datetime | None = None) -> list[str]:
+    """`airflow tasks test DAG TASK DATE`, with a logical date of its own (now, to the microsecond).
+
+    Without a date, Airflow 3.3 (`get_or_create_dagrun`) first deletes the DAG's run whose logical
+    date equals None, which is SQL `IS NULL`: one of the runs triggered from the UI or the API,
+    since those have no logical date. With a date nobody has, the temporary run replaces nothing
+    and is deleted again after the task.
+    """
+    date = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
+    return ["airflow", "tasks", "test", dag_id, task_id, date]
+
+
 def task_test_pod(cfg: Settings, dag_id: str, task_id: str, name: str) -> dict[str, Any]:
-    """The task's worker pod, running `airflow tasks test DAG TASK` once, with the DB's address."""
-    command = json.dumps(["airflow", "tasks", "test", dag_id, task_id])
+    """The task's worker pod, running `airflow tasks test` once, with the DB's address."""
+    command = json.dumps(task_test_command(dag_id, task_id))
     doc: dict[str, Any] = yaml.safe_load(
         in_scheduler(cfg, "pod-yaml", dag_id, task_id, "--name", name, "--args", command)
     )

@@ -4,9 +4,10 @@ line, from a real DagBag over a folder with a broken file (the unit tier has Air
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
-from airflow_k3s import container
+from airflow_k3s import container, dags
 from airflow_k3s.dags import DagImportError, parse_result
 
 
@@ -42,3 +43,16 @@ def test_parse_result_reads_the_containers_last_line() -> None:
     assert errors == [DagImportError("x.py", 7, "SyntaxError: bad")]
     assert str(errors[0]) == "x.py:7: SyntaxError: bad"
     assert str(DagImportError("y.py", 0, "E")) == "y.py: E"
+
+
+def test_task_test_gives_airflow_a_logical_date_of_its_own() -> None:
+    """Without one, `airflow tasks test` deletes a run of the DAG that has no logical date."""
+    now = datetime(2026, 12, 2, 6, 20, 1, 5, tzinfo=UTC)
+    assert dags.task_test_command("demo_rest_to_s3", "fetch", now) == [
+        "airflow",
+        "tasks",
+        "test",
+        "demo_rest_to_s3",
+        "fetch",
+        "2026-12-02T06:20:01.000005+00:00",
+    ]
