@@ -234,7 +234,7 @@ def ensure_node_image(docker: DockerClient, cfg: Settings, tag: str) -> None:
     say(
         f"building the node: Kubernetes {versions['KUBERNETES_VERSION']}, containerd "
         f"{versions['CONTAINERD_VERSION']}, CoreDNS {versions['COREDNS_VERSION']} from Go "
-        f"modules (cold: about 15 min on 2 cores; caches in volume {GO_CACHE_VOLUME})"
+        f"modules (cold: about 10 min on 2 cores; caches in volume {GO_CACHE_VOLUME})"
     )
     started = time.monotonic()
     compose.run_streaming(
