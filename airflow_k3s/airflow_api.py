@@ -102,8 +102,14 @@ class AirflowAPI:
 
 def ti_key(ti: dict[str, Any]) -> str:
     """``task_id``, or ``task_id[map_index]`` for a mapped task instance."""
-    index = int(ti.get("map_index", -1) if ti.get("map_index") is not None else -1)
+    index = map_index(ti)
     return f"{ti['task_id']}[{index}]" if index >= 0 else str(ti["task_id"])
+
+
+def map_index(ti: Mapping[str, Any]) -> int:
+    """A task instance's map index; -1 when it is not mapped."""
+    index = ti.get("map_index")
+    return -1 if index is None else int(index)
 
 
 def render_log(content: list[Any]) -> str:

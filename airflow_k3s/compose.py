@@ -312,6 +312,4 @@ def try_run(image: str, *options: str) -> tuple[bool, str]:
         check=False,
         timeout=60,
     )
-    lines = result.stderr.strip().splitlines() or ["refused"]
-    reason = next((ln for ln in lines if "rror" in ln), lines[0])
-    return result.returncode == 0, reason.split("Error response from daemon:")[-1].strip()[:200]
+    return result.returncode == 0, last_error_line(result.stderr) or "refused"

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from airflow_k3s import cluster, compose, dags
-from airflow_k3s.airflow_api import AirflowAPI, render_pod_line
+from airflow_k3s.airflow_api import AirflowAPI, map_index, render_pod_line
 from airflow_k3s.compose import say
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.settings import DEMO_DAG, Settings
@@ -51,7 +51,7 @@ def progress(tis: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     mapped: dict[str, Counter[str]] = {}
     for key, ti in tis.items():
         state = str(ti.get("state") or "")
-        if key.endswith("]"):
+        if map_index(ti) >= 0:
             mapped.setdefault(str(ti["task_id"]), Counter())[state or "none"] += 1
         else:
             shown[key] = state
