@@ -58,7 +58,7 @@ faults: $(VENV)/.synced ## Faults and bad input on a real stack (needs Docker)
 	$(BIN)/nox -s faults
 
 .PHONY: bench
-bench: $(VENV)/.synced ## Measure build, DAG-edit loop, up, demo run, memory (docs/benchmarks.md)
+bench: $(VENV)/.synced ## Measure on the cluster: up, tasks, scaling, CPU, edit loop (docs/benchmarks.md)
 	$(BIN)/nox -s bench
 
 .PHONY: doctor

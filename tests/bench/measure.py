@@ -3,8 +3,11 @@ of services while a command runs, and the stack's memory and CPU (`docker stats`
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
+import os
+import socket
 import statistics
 import subprocess
 import threading
@@ -162,11 +165,9 @@ def _bytes(text: str) -> float:
     return float(text or 0)
 
 
-def stats(project: str) -> dict[str, tuple[float, float]]:
-    """service -> (memory bytes, CPU %) of the project's running containers, as `docker stats`
-    counts them (memory: usage minus the inactive page cache). The k3s container's figure holds
-    its pods: their cgroups are below its own."""
-    names = subprocess.run(
+def containers(project: str) -> list[str]:
+    """Names of the project's running containers."""
+    return subprocess.run(
         [
             "docker",
             "ps",
@@ -179,6 +180,17 @@ def stats(project: str) -> dict[str, tuple[float, float]]:
         text=True,
         check=True,
     ).stdout.split()
+
+
+def service_of(project: str, container: str) -> str:
+    return container.removeprefix(project + "-").rsplit("-", 1)[0]
+
+
+def stats(project: str) -> dict[str, tuple[float, float]]:
+    """service -> (memory bytes, CPU %) of the project's running containers, as `docker stats`
+    counts them (memory: usage minus the inactive page cache). The k3s container's figure holds
+    its pods: their cgroups are below its own."""
+    names = containers(project)
     if not names:
         return {}
     out = subprocess.run(
@@ -190,12 +202,76 @@ def stats(project: str) -> dict[str, tuple[float, float]]:
     found = {}
     for line in out.splitlines():
         row = json.loads(line)
-        service = row["Name"].removeprefix(project + "-").rsplit("-", 1)[0]
-        found[service] = (
+        found[service_of(project, row["Name"])] = (
             _bytes(row["MemUsage"].split(" / ")[0]),
             float(row["CPUPerc"].rstrip("%")),
         )
     return found
+
+
+PODS = "k3s: pods"
+NODE = "k3s: node"
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.socket_path)
+
+
+def _docker_socket() -> str:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        raise RuntimeError(f"the bench reads CPU counters over a local socket, not {host}")
+    return host.removeprefix("unix://")
+
+
+def cpu_seconds(project: str) -> dict[str, float]:
+    """service -> CPU seconds its container has used (the Docker API's cumulative counter:
+    `docker stats` shows only a rate). The k3s container is split in two: its pods (the
+    kubepods cgroup, read inside the node) and the node itself (kubelet, API server,
+    containerd and the shims), so that the tasks' own cost is seen apart from Kubernetes'."""
+    found: dict[str, float] = {}
+    conn = _UnixHTTPConnection(_docker_socket())
+    try:
+        for name in containers(project):
+            conn.request("GET", f"/containers/{name}/stats?stream=false&one-shot=true")
+            body = json.loads(conn.getresponse().read())
+            used = body.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage")
+            if used is not None:
+                found[service_of(project, name)] = used / 1e9
+    finally:
+        conn.close()
+    if "k3s" in found:
+        pods = _kubepods_cpu_seconds(f"{project}-k3s-1")
+        if not math.isnan(pods):
+            found[PODS] = pods
+            found[NODE] = found["k3s"] - pods
+            del found["k3s"]
+    return found
+
+
+def _kubepods_cpu_seconds(container: str) -> float:
+    """CPU seconds of the node's kubepods cgroup: cgroup v1 cpuacct.usage (ns) or v2 cpu.stat's
+    usage_usec (us), read inside the node (its own cgroup namespace)."""
+    script = (
+        "f=/sys/fs/cgroup/cpuacct/kubepods/cpuacct.usage;"
+        ' if [ -r "$f" ]; then echo 1e-9 "$(cat "$f")";'
+        " else echo 1e-6 \"$(sed -n 's/^usage_usec //p' /sys/fs/cgroup/kubepods/cpu.stat)\"; fi"
+    )
+    out = subprocess.run(
+        ["docker", "exec", container, "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if len(out) != 2:
+        return float("nan")
+    return float(out[1]) * float(out[0])
 
 
 class Sampler:
@@ -206,6 +282,8 @@ class Sampler:
         self.project = project
         self.peak_memory = 0.0
         self.peak_cpu = 0.0
+        self.cpu_used: dict[str, float] = {}  # service -> CPU seconds used while it ran
+        self._cpu_start: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -217,9 +295,16 @@ class Sampler:
             self._stop.wait(1)
 
     def __enter__(self) -> Sampler:
+        self._cpu_start = cpu_seconds(self.project)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        end = cpu_seconds(self.project)
+        self.cpu_used = {
+            service: end[service] - self._cpu_start[service]
+            for service in end
+            if service in self._cpu_start and end[service] >= self._cpu_start[service]
+        }

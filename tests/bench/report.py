@@ -154,6 +154,7 @@ def markdown(report: Report, docs: Path) -> str:
         phases_section(report),
         readiness_section(report),
         scaling_section(report),
+        cpu_section(report),
         experiments_section(report),
         ["", "## Notes", ""] + [f"- {n}" for n in report.notes] if report.notes else [],
         standin_comparison(report, docs),
@@ -250,6 +251,47 @@ def scaling_section(report: Report) -> list[str]:
     b, a = slope(points)
     out += ["", f"Fitted: **{a:.1f} s + {b:.2f} s per task** (least squares over N).", ""]
     return [*out, f"![wall time against N]({PLOT_FILE})"]
+
+
+CPU_COLUMNS = (
+    ("k3s: pods", "worker pods"),
+    ("k3s: node", "node (kubelet, API server, containerd)"),
+    ("airflow-scheduler", "scheduler"),
+    ("airflow-apiserver", "api-server"),
+    ("postgres", "postgres"),
+)
+
+
+def cpu_section(report: Report) -> list[str]:
+    """CPU seconds per task by service during each mapped run: what the 2 cores were busy with."""
+    rows = []
+    for r in report.scaling:
+        used: dict[str, float] = r.get("cpu_s") or {}
+        if not used:
+            continue
+        total = sum(used.values())
+        named = [used.get(key, float("nan")) for key, _ in CPU_COLUMNS]
+        rest = total - sum(v for v in named if not math.isnan(v))
+        rows.append(
+            [
+                f"{r['n']} ({r['label']})",
+                *(f"{v / r['n']:.2f}" for v in named),
+                f"{rest / r['n']:.2f}",
+                f"{total / r['n']:.2f}",
+                f"{total / r['wall_s']:.2f}",
+            ]
+        )
+    if not rows:
+        return []
+    out = ["", "## Where the CPU goes: CPU seconds per task, by service", ""]
+    out.append(
+        "CPU time each container used while the run went on (the Docker API's counters; the node's "
+        "pods read from its kubepods cgroup), divided by N. The last column is the average number "
+        "of cores busy over the run (2 = both)."
+    )
+    out.append("")
+    header = ["N", *(name for _, name in CPU_COLUMNS), "the rest", "total", "cores busy"]
+    return out + _table(header, rows)
 
 
 def experiments_section(report: Report) -> list[str]:

@@ -1,0 +1,96 @@
+"""The benchmark's report logic (tests/bench/report.py, measure.py): pure functions, no stack."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.bench.measure import TaskTiming, median
+from tests.bench.report import Figure, Report, cpu_section, markdown, slope
+
+
+def test_slope_is_least_squares() -> None:
+    b, a = slope([(1, 5.0), (10, 32.0), (50, 152.0)])
+    assert b == pytest.approx(3.0)
+    assert a == pytest.approx(2.0)
+    assert all(math.isnan(v) for v in slope([(1, 5.0)])), "one point has no slope"
+
+
+def test_figure_is_the_median_and_meets_its_target_only_at_or_below_it() -> None:
+    assert Figure("x", "x", "s", [3.0, 1.0, 2.0, float("nan")], 2.0).value == 2.0
+    assert Figure("x", "x", "s", [1.0, 3.0], 2.0).met is True  # median 2.0
+    assert Figure("x", "x", "s", [2.5], 2.0).met is False
+    assert Figure("x", "x", "s", [2.5]).met is None, "no target, no verdict"
+    assert Figure("x", "x", "s", [float("nan")], 2.0).shown() == "not measured"
+
+
+def test_task_phases_add_up_to_queued_to_container_finished() -> None:
+    t = TaskTiming("noop", 0, 100.0, 104.0, 104.5, 100.5, 101.5, 106.0)
+    phases = t.phases()
+    assert list(phases) == [
+        "queued -> pod created",
+        "pod created -> container started",
+        "container started -> task started",
+        "task ran",
+        "task ended -> container finished",
+    ]
+    assert sum(phases.values()) == pytest.approx(t.container_finished - t.queued)
+    assert phases["container started -> task started"] == pytest.approx(2.5)
+    assert math.isnan(median([float("nan")]))
+
+
+def test_cpu_section_divides_by_n_and_counts_the_rest() -> None:
+    report = Report(meta={})
+    report.scaling.append(
+        {
+            "n": 10,
+            "label": "project settings",
+            "wall_s": 20.0,
+            "cpu_s": {
+                "k3s: pods": 20.0,
+                "k3s: node": 5.0,
+                "airflow-scheduler": 4.0,
+                "airflow-apiserver": 3.0,
+                "postgres": 2.0,
+                "airflow-dag-processor": 1.0,
+                "s3": 1.0,
+            },
+        }
+    )
+    report.scaling.append({"n": 1, "label": "no counters", "wall_s": 5.0, "cpu_s": {}})
+    lines = cpu_section(report)
+    rows = [ln for ln in lines if ln.startswith("| 10 ")]
+    assert rows == [
+        "| 10 (project settings) | 2.00 | 0.50 | 0.40 | 0.30 | 0.20 | 0.20 | 3.60 | 1.80 |"
+    ]
+    assert not any(ln.startswith("| 1 ") for ln in lines), "a run without counters has no row"
+
+
+def test_cpu_section_is_absent_without_counters() -> None:
+    report = Report(meta={})
+    report.scaling.append({"n": 1, "label": "x", "wall_s": 1.0})
+    assert cpu_section(report) == []
+
+
+def test_markdown_marks_a_missed_target(tmp_path: Path) -> None:
+    meta = {
+        "command": "nox -s bench",
+        "date": "2026-12-02 00:00 UTC",
+        "images": "local",
+        "git_commit": "abc",
+        "duration_s": 60.0,
+        "nproc": 2,
+        "cpu": "cpu",
+        "memory_bytes": 2 * 1024**3,
+        "os": "os",
+        "kernel": "k",
+        "docker_engine": "d",
+        "compose": "c",
+        "loadavg_start": "0 0 0",
+    }
+    report = Report(meta=meta)
+    report.add(Figure("mapped_50", "50 mapped", "s", [160.0], 150.0))
+    text = markdown(report, tmp_path)
+    assert "- **missed**: 50 mapped: 160.0 s (target ≤ 150 s)" in text
