@@ -404,7 +404,7 @@ class Bench:
                 + f", against {parallelism}",
                 {"AIRFLOW__CORE__PARALLELISM": value},
             )
-        digest = self.worker_digest()
+        digest = self.stack.push()  # idempotent: the digest the registry holds
         template = (self.stack.settings.root / "airflow" / "pod_template.yaml").read_text()
         assert "imagePullPolicy: Always" in template, "the pod template's pull policy changed"
         self.experiment(
@@ -414,14 +414,6 @@ class Bench:
             {"AIRFLOW__KUBERNETES_EXECUTOR__WORKER_CONTAINER_TAG": f"latest@{digest}"},
             template.replace("imagePullPolicy: Always", "imagePullPolicy: IfNotPresent"),
         )
-
-    def worker_digest(self) -> str:
-        """The pushed worker image's digest (sha256:...), from its repo digests."""
-        image = self.stack.settings.worker_image
-        repo = image.rsplit(":", 1)[0]
-        digests = self.stack.docker().image.inspect(image).repo_digests
-        found = next(d.split("@", 1)[1] for d in digests if d.startswith(repo + "@"))
-        return str(found)
 
     # ----------------------------------------------------------------------- edit loop
 

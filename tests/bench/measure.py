@@ -19,6 +19,7 @@ from typing import Any
 
 from airflow_k3s import compose
 from airflow_k3s.cluster import pod_label_value
+from tests.bench.report import NODE, PODS
 from tests.harness import Stack
 
 
@@ -207,10 +208,6 @@ def stats(project: str) -> dict[str, tuple[float, float]]:
             float(row["CPUPerc"].rstrip("%")),
         )
     return found
-
-
-PODS = "k3s: pods"
-NODE = "k3s: node"
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
