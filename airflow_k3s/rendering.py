@@ -1,6 +1,6 @@
 """Pure functions that render or parse the files of an install: .env, the worker Secret, the
-kubeconfig copies, the simple auth manager's passwords. Standard library and PyYAML only: the
-Airflow containers import this module too (airflow_k3s.container).
+kubeconfig copies, the simple auth manager's passwords, the job health check's inputs. Standard
+library and PyYAML only: the Airflow containers import this module too (airflow_k3s.container).
 """
 
 from __future__ import annotations
@@ -203,6 +203,37 @@ def s3_endpoint(conn_json: str) -> str:
     if not endpoint:
         raise SetupError("AIRFLOW_CONN_AWS_DEFAULT has no extra.endpoint_url")
     return str(endpoint)
+
+
+#: The health-check threshold of each Airflow job type (airflow/jobs/job.py,
+#: ``health_check_threshold``): the [section] option it reads and that option's default, seconds.
+JOB_HEALTH_THRESHOLDS: dict[str, tuple[str, str, float]] = {
+    "SchedulerJob": ("scheduler", "scheduler_health_check_threshold", 30),
+    "TriggererJob": ("triggerer", "triggerer_health_check_threshold", 30),
+    "DagProcessorJob": ("dag_processor", "health_check_threshold", 30),
+}
+
+
+def job_health_threshold(job_type: str, env: Mapping[str, str]) -> float:
+    """Seconds since a job's last heartbeat after which Airflow calls it dead, read as Airflow
+    reads it (AIRFLOW__SECTION__OPTION, else the option's default)."""
+    if job_type not in JOB_HEALTH_THRESHOLDS:
+        known = ", ".join(JOB_HEALTH_THRESHOLDS)
+        raise SetupError(f"unknown job type {job_type!r} (known: {known})")
+    section, option, default = JOB_HEALTH_THRESHOLDS[job_type]
+    value = env.get(f"AIRFLOW__{section.upper()}__{option.upper()}", "")
+    try:
+        return float(value) if value.strip() else float(default)
+    except ValueError:
+        raise SetupError(f"[{section}] {option} is not a number: {value!r}") from None
+
+
+def libpq_url(sqlalchemy_url: str) -> str:
+    """The libpq URL (psycopg2.connect) of a SQLAlchemy Postgres URL: the driver suffix dropped."""
+    scheme, sep, rest = sqlalchemy_url.partition("://")
+    if not sep or scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise SetupError("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN is not a postgresql:// URL")
+    return f"postgresql://{rest}"
 
 
 def write_private(path: Path, text: str) -> None:

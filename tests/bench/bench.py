@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from airflow_k3s import compose
 from airflow_k3s.settings import ROOT, Settings
 from tests.bench import measure
@@ -353,23 +355,18 @@ class Bench:
             "cpu_s": sampler.cpu_used,
         }
 
-    def experiment(self, label: str, change: str, env: dict[str, str], template: str = "") -> None:
-        """N=50 with the scheduler's settings changed (``env``; ``template``: a pod template of
-        its own), against the project's settings: one run against the other."""
+    def experiment(self, label: str, change: str, services: dict[str, dict[str, Any]]) -> None:
+        """N=50 with some services changed (``services``: a compose override of them, which the
+        bench applies by recreating just those services), against the project's settings: one
+        run against the other."""
         name = "".join(c if c.isalnum() else "-" for c in label)
-        lines = ["services:", "  airflow-scheduler:", "    environment:"]
-        lines += [f"      {key}: '{value}'" for key, value in env.items()]
-        if template:
-            path = self.stack.state_dir / f"experiment-{name}-pod-template.yaml"
-            path.write_text(template)
-            lines += ["    volumes:", f"      - {path}:/opt/airflow/pod_template.yaml:ro"]
         override = self.stack.state_dir / f"experiment-{name}.yml"
-        override.write_text("\n".join(lines) + "\n")
-        compose_up_scheduler(self.stack, [override])
+        override.write_text(yaml.safe_dump({"services": services}, sort_keys=False))
+        compose_up(self.stack, [override], list(services))
         try:
             changed = self.mapped(50, label)
         finally:
-            compose_up_scheduler(self.stack, [])
+            compose_up(self.stack, [], list(services))
         project = next(r for r in self.report.scaling if r["n"] == 50)
         self.report.scaling.append(changed)
         faster = "the project's settings" if project["wall_s"] < changed["wall_s"] else "the change"
@@ -389,12 +386,12 @@ class Bench:
         self.experiment(
             "batch size 1 (the provider's default)",
             f"worker_pods_creation_batch_size 1 (provider default), against {batch}",
-            {"AIRFLOW__KUBERNETES_EXECUTOR__WORKER_PODS_CREATION_BATCH_SIZE": "1"},
+            scheduler_env(AIRFLOW__KUBERNETES_EXECUTOR__WORKER_PODS_CREATION_BATCH_SIZE="1"),
         )
         self.experiment(
             "async pod creation",
             "async_pod_creation True, against False (the default)",
-            {"AIRFLOW__KUBERNETES_EXECUTOR__ASYNC_POD_CREATION": "True"},
+            scheduler_env(AIRFLOW__KUBERNETES_EXECUTOR__ASYNC_POD_CREATION="True"),
         )
         for value, why in (("32", "Airflow's default"), ("4", "")):
             self.experiment(
@@ -402,17 +399,39 @@ class Bench:
                 f"[core] parallelism {value}"
                 + (f" ({why})" if why else "")
                 + f", against {parallelism}",
-                {"AIRFLOW__CORE__PARALLELISM": value},
+                scheduler_env(AIRFLOW__CORE__PARALLELISM=value),
             )
         digest = self.stack.push()  # idempotent: the digest the registry holds
         template = (self.stack.settings.root / "airflow" / "pod_template.yaml").read_text()
         assert "imagePullPolicy: Always" in template, "the pod template's pull policy changed"
+        pinned = self.stack.state_dir / "experiment-pod-template-ifnotpresent.yaml"
+        pinned.write_text(
+            template.replace("imagePullPolicy: Always", "imagePullPolicy: IfNotPresent")
+        )
+        by_digest = scheduler_env(
+            AIRFLOW__KUBERNETES_EXECUTOR__WORKER_CONTAINER_TAG=f"latest@{digest}"
+        )
+        by_digest["airflow-scheduler"]["volumes"] = [f"{pinned}:/opt/airflow/pod_template.yaml:ro"]
         self.experiment(
             "image by digest, IfNotPresent",
             "the worker image pinned by digest (tag latest@sha256:...) with imagePullPolicy "
             "IfNotPresent, against tag latest with Always (a registry check per pod)",
-            {"AIRFLOW__KUBERNETES_EXECUTOR__WORKER_CONTAINER_TAG": f"latest@{digest}"},
-            template.replace("imagePullPolicy: Always", "imagePullPolicy: IfNotPresent"),
+            by_digest,
+        )
+        self.experiment(
+            "healthchecks by airflow jobs check",
+            "the dag-processor's and triggerer's healthchecks by `airflow jobs check` every 10 s "
+            "(an Airflow CLI start each), against one query every 5 s (job-alive)",
+            {
+                service: {
+                    "healthcheck": {
+                        "test": ["CMD-SHELL", check],
+                        "interval": "10s",
+                        "timeout": "30s",
+                    }
+                }
+                for service, check in AIRFLOW_JOBS_CHECK.items()
+            },
         )
 
     # ----------------------------------------------------------------------- edit loop
@@ -521,8 +540,23 @@ def phase_medians(timings: Sequence[measure.TaskTiming]) -> dict[str, float]:
     return {name: median([p[name] for p in phases]) for name in phases[0]}
 
 
-def compose_up_scheduler(stack: Stack, extra: list[Path]) -> None:
-    """Recreate the scheduler with extra compose files (an experiment's settings), wait healthy."""
+def scheduler_env(**env: str) -> dict[str, dict[str, Any]]:
+    """A compose override that sets the scheduler's environment variables ``env``."""
+    return {"airflow-scheduler": {"environment": env}}
+
+
+#: The healthchecks the dag-processor and triggerer had before job-alive (docker-compose.yml).
+AIRFLOW_JOBS_CHECK = {
+    service: f'airflow jobs check --job-type {job} --hostname "$${{HOSTNAME}}"'
+    for service, job in (
+        ("airflow-dag-processor", "DagProcessorJob"),
+        ("airflow-triggerer", "TriggererJob"),
+    )
+}
+
+
+def compose_up(stack: Stack, extra: list[Path], services: list[str]) -> None:
+    """Recreate ``services`` with extra compose files (an experiment's settings), wait healthy."""
     cfg = stack.settings
     cmd = ["docker", "compose", "--project-directory", str(cfg.root), "-p", cfg.project]
     for file in [*cfg.compose_files, *extra]:
@@ -530,7 +564,7 @@ def compose_up_scheduler(stack: Stack, extra: list[Path]) -> None:
     env_files = [cfg.env_file, cfg.generated / "compose.env"]
     for env_file in env_files:
         cmd += ["--env-file", str(env_file)]
-    subprocess.run([*cmd, "up", "-d", "--no-build", "airflow-scheduler"], env=stack.env, check=True)
+    subprocess.run([*cmd, "up", "-d", "--no-build", *services], env=stack.env, check=True)
     compose.wait_healthy(cfg, timeout=300)
 
 

@@ -205,3 +205,63 @@ def test_the_airflow_cli_runs_in_the_stack_with_its_exit_code(stack: Stack) -> N
     failed = stack.invoke("airflow", "--", "tasks", "list", "no_such_dag")
     assert failed.returncode == 1
     assert "Dag 'no_such_dag' could not be found" in failed.stdout + failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("service", "job_type", "threshold"),
+    [
+        (
+            "airflow-dag-processor",
+            "DagProcessorJob",
+            "AIRFLOW__DAG_PROCESSOR__HEALTH_CHECK_THRESHOLD",
+        ),
+        (
+            "airflow-triggerer",
+            "TriggererJob",
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD",
+        ),
+    ],
+)
+def test_the_job_healthcheck_answers_as_airflow_jobs_check(
+    stack: Stack, service: str, job_type: str, threshold: str
+) -> None:
+    """The services' healthcheck (job-alive: one query) against the real job table gives Airflow's
+    own answer (`airflow jobs check`): alive for this host; dead for another host, and dead for a
+    heartbeat older than a threshold of 0 s."""
+    container = next(c.name for c in stack.docker().compose.ps([service]))
+    hostname = subprocess.run(
+        ["docker", "exec", container, "hostname"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=stack.env,
+    ).stdout.strip()
+
+    def both(*extra: str, env: dict[str, str] | None = None) -> tuple[int, str, int]:
+        run = ["docker", "exec", *(f"--env={k}={v}" for k, v in (env or {}).items()), container]
+        ours = subprocess.run(
+            [*run, "python", "-m", "airflow_k3s.container", "job-alive", job_type, *extra],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=stack.env,
+        )
+        theirs = subprocess.run(
+            [*run, "airflow", "jobs", "check", "--job-type", job_type, "--hostname"]
+            + ([extra[-1]] if extra else [hostname]),
+            check=False,
+            capture_output=True,
+            text=True,
+            env=stack.env,
+        )
+        return ours.returncode, ours.stdout + ours.stderr, theirs.returncode
+
+    rc, said, airflow_rc = both()
+    assert (rc, airflow_rc) == (0, 0), said
+    assert f"{job_type} on {hostname} is alive" in said
+    rc, said, airflow_rc = both("--hostname", "no-such-host")
+    assert (rc, airflow_rc) == (1, 1)
+    assert said.strip() == f"airflow-k3s: ERROR: no running {job_type} on no-such-host"
+    rc, said, airflow_rc = both(env={threshold: "0"})
+    assert (rc, airflow_rc) == (1, 1)
+    assert said.startswith(f"airflow-k3s: ERROR: {job_type} on {hostname}: last heartbeat"), said

@@ -7,6 +7,7 @@ import argparse
 import base64
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -303,6 +304,81 @@ def test_cli_reports_setup_errors_as_exit_code_1(
     ]
     assert container.main(argv) == 1
     assert "ERROR" in capsys.readouterr().err
+
+
+def test_job_health_threshold_reads_airflows_option_else_its_default() -> None:
+    assert k3s.job_health_threshold("TriggererJob", {}) == 30
+    env = {"AIRFLOW__DAG_PROCESSOR__HEALTH_CHECK_THRESHOLD": "45"}
+    assert k3s.job_health_threshold("DagProcessorJob", env) == 45
+    assert k3s.job_health_threshold("TriggererJob", env) == 30
+    with pytest.raises(k3s.SetupError, match=r"\[triggerer\] triggerer_health_check_threshold"):
+        k3s.job_health_threshold(
+            "TriggererJob", {"AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "soon"}
+        )
+    with pytest.raises(k3s.SetupError, match="unknown job type 'Worker'"):
+        k3s.job_health_threshold("Worker", {})
+
+
+def test_libpq_url_drops_the_sqlalchemy_driver_and_refuses_other_databases() -> None:
+    url = "postgresql+psycopg2://airflow:p%40ss@postgres:5432/airflow?sslmode=disable"
+    assert k3s.libpq_url(url) == "postgresql://airflow:p%40ss@postgres:5432/airflow?sslmode=disable"
+    assert k3s.libpq_url("postgresql://a@b/c") == "postgresql://a@b/c"
+    for bad in ("", "mysql+mysqldb://a@b/c", "sqlite:////tmp/airflow.db"):
+        with pytest.raises(k3s.SetupError, match="not a postgresql:// URL"):
+            k3s.libpq_url(bad)
+
+
+@pytest.mark.parametrize(
+    ("age", "rc", "said"),
+    [
+        (2.5, 0, "TriggererJob on box is alive (last heartbeat 2.5 s ago)"),
+        (30.0, 1, "airflow-k3s: ERROR: TriggererJob on box: last heartbeat 30 s ago (limit 30 s)"),
+        (None, 1, "airflow-k3s: ERROR: no running TriggererJob on box"),
+    ],
+)
+def test_cli_job_alive_judges_the_heartbeat_by_airflows_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    age: float | None,
+    rc: int,
+    said: str,
+) -> None:
+    asked = []
+
+    def heartbeat_age(url: str, job_type: str, hostname: str) -> float | None:
+        asked.append((url, job_type, hostname))
+        return age
+
+    monkeypatch.setattr(container, "job_heartbeat_age", heartbeat_age)
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql+psycopg2://a@db/airflow")
+    monkeypatch.setenv("HOSTNAME", "box")
+    monkeypatch.delenv("AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD", raising=False)
+    assert container.main(["job-alive", "TriggererJob"]) == rc
+    out = capsys.readouterr()
+    assert (out.out + out.err).strip() == said
+    assert asked == [("postgresql+psycopg2://a@db/airflow", "TriggererJob", "box")]
+
+
+def test_job_heartbeat_age_says_when_the_database_does_not_answer() -> None:
+    # A port nothing listens on: psycopg2 (the Airflow image's lock, installed in this session)
+    # is refused at once; the probe says so in one line instead of a traceback.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgresql+psycopg2://airflow:pw@127.0.0.1:{port}/airflow"
+    with pytest.raises(k3s.SetupError, match=r"^the metadata database did not answer: .*refused"):
+        container.job_heartbeat_age(url, "TriggererJob", "box")
+
+
+def test_the_compose_healthchecks_of_the_jobs_are_the_cheap_probe(repo: Path) -> None:
+    # `airflow jobs check` imports all of Airflow: 2.7 CPU seconds a check (docs/benchmarks.md).
+    services = yaml.safe_load((repo / "docker-compose.yml").read_text())["services"]
+    for service, job in (
+        ("airflow-dag-processor", "DagProcessorJob"),
+        ("airflow-triggerer", "TriggererJob"),
+    ):
+        test = services[service]["healthcheck"]["test"]
+        assert test == ["CMD", "python", "-m", "airflow_k3s.container", "job-alive", job]
 
 
 def test_write_private_replaces_the_file_atomically(tmp_path: Path) -> None:
