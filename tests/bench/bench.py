@@ -558,15 +558,9 @@ AIRFLOW_JOBS_CHECK = {
 
 def compose_up(stack: Stack, extra: list[Path], services: list[str]) -> None:
     """Recreate ``services`` with extra compose files (an experiment's settings), wait healthy."""
-    cfg = stack.settings
-    cmd = ["docker", "compose", "--project-directory", str(cfg.root), "-p", cfg.project]
-    for file in [*cfg.compose_files, *extra]:
-        cmd += ["-f", str(file)]
-    env_files = [cfg.env_file, cfg.generated / "compose.env"]
-    for env_file in env_files:
-        cmd += ["--env-file", str(env_file)]
+    cmd = compose.cli(stack.settings, *extra)
     subprocess.run([*cmd, "up", "-d", "--no-build", *services], env=stack.env, check=True)
-    compose.wait_healthy(cfg, timeout=300)
+    compose.wait_healthy(stack.settings, timeout=300)
 
 
 def write_edit_dag(path: Path, value: str) -> None:
