@@ -34,6 +34,14 @@ def cli(func: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        # invoke reads a help flag after a task name as the value of a positional argument
+        # still missing (`invoke pod-logs --help` asks for the logs of a task named "--help").
+        if any(value in ("-h", "--help") for value in [*args[1:], *kwargs.values()]):
+            name = func.__name__.replace("_", "-")
+            raise Exit(
+                f"--help was read as an argument's value; for help: invoke --help {name}",
+                code=int(ExitCode.USAGE),
+            )
         try:
             with compose.docker_errors():
                 return func(*args, **kwargs)

@@ -69,6 +69,11 @@ def api(cfg: Settings) -> AirflowAPI:
     return AirflowAPI(cfg.airflow_url, cfg.secrets.get("AIRFLOW_ADMIN_PASSWORD", ""))
 
 
+POLL_SECONDS = 1.0
+"""How often ``follow_run`` asks the API for the run's state: one small request (the run and its
+task instances), so the run's end is seen within a second."""
+
+
 def follow_run(cfg: Settings, client: AirflowAPI, dag_id: str, run_id: str, timeout: float) -> str:
     """Print task state changes until the run ends; on failure print logs and pod diagnostics."""
     deadline = time.monotonic() + timeout
@@ -88,7 +93,7 @@ def follow_run(cfg: Settings, client: AirflowAPI, dag_id: str, run_id: str, time
                 f"(still {state}); see `invoke status` and the UI at {cfg.airflow_url}",
                 ExitCode.TIMEOUT,
             )
-        time.sleep(2)
+        time.sleep(POLL_SECONDS)
     say(f"run {run_id} of {dag_id} ended: {state}")
     if state != "success":
         print_failures(cfg, client, dag_id, run_id, tis)

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from tests.bench.measure import TaskTiming, median
-from tests.bench.report import Figure, Report, cpu_section, markdown, slope
+from tests.bench.report import (
+    Figure,
+    Report,
+    cpu_section,
+    experiments_section,
+    markdown,
+    plot,
+    slope,
+)
 
 
 def test_slope_is_least_squares() -> None:
@@ -94,3 +102,32 @@ def test_markdown_marks_a_missed_target(tmp_path: Path) -> None:
     report.add(Figure("mapped_50", "50 mapped", "s", [160.0], 150.0))
     text = markdown(report, tmp_path)
     assert "- **missed**: 50 mapped: 160.0 s (target ≤ 150 s)" in text
+
+
+def paired_report() -> Report:
+    """The scaling run, one experiment and its paired run with the project's settings."""
+    report = Report(meta={})
+    for n, label, wall in (
+        (10, "project settings", 40.0),
+        (50, "project settings", 150.0),
+        (50, "project settings (paired with: batch 1)", 165.0),
+        (50, "batch 1", 181.5),
+    ):
+        report.scaling.append({"n": n, "label": label, "wall_s": wall, "run_span_s": wall})
+    report.experiments.append(
+        {"change": "batch 1", "before": "181.5 s", "after": "165.0 s", "kept": "faster: x"}
+    )
+    return report
+
+
+def test_experiments_state_the_spread_of_the_project_runs() -> None:
+    text = "\n".join(experiments_section(paired_report()))
+    assert "The 2 runs of 50 tasks with the project's settings took 150.0 to 165.0 s" in text
+    assert "(10 %) is within the noise" in text
+    assert "| batch 1 | 181.5 s | 165.0 s | faster: x |" in text
+
+
+def test_the_plot_draws_paired_runs_apart_from_the_scaling_line(tmp_path: Path) -> None:
+    path = tmp_path / "plot.png"
+    plot(paired_report(), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -253,3 +253,21 @@ def test_invoke_ends_a_user_error_with_its_code_and_one_line(tmp_path: Path) -> 
     assert result.returncode == 2
     assert result.stderr.strip() == "IMAGES must be 'upstream' or 'local', not 'nope'"
     assert not (tmp_path / ".env").exists()
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_a_help_flag_after_a_positional_task_says_how_to_get_help(flag: str) -> None:
+    """invoke takes `pod-logs --help` as a task named "--help": one line points to the help."""
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "pod-logs", flag],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "IMAGES": "upstream"},
+    )
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert result.stderr.strip() == (
+        "--help was read as an argument's value; for help: invoke --help pod-logs"
+    )
