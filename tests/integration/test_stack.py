@@ -265,3 +265,34 @@ def test_the_job_healthcheck_answers_as_airflow_jobs_check(
     rc, said, airflow_rc = both(env={threshold: "0"})
     assert (rc, airflow_rc) == (1, 1)
     assert said.startswith(f"airflow-k3s: ERROR: {job_type} on {hostname}: last heartbeat"), said
+
+
+def test_the_node_healthcheck_checks_both_conditions(stack: Stack) -> None:
+    """k3s's healthcheck, as Docker runs it (from the container's config): it passes on the
+    healthy node, and fails when the node's Ready or CoreDNS's Available condition is not found
+    True, or when CoreDNS is missing."""
+    container = next(c.name for c in stack.docker().compose.ps(["k3s"]))
+    healthcheck = stack.docker().container.inspect(container).config.healthcheck
+    assert healthcheck is not None
+    assert healthcheck.test is not None
+    kind, check = healthcheck.test
+    assert kind == "CMD-SHELL", healthcheck.test
+
+    def run(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", "exec", container, "sh", "-c", command],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=stack.env,
+        )
+
+    healthy = run(check)
+    assert healthy.returncode == 0, healthy.stderr
+    for broken in (
+        check.replace('@.type=="Ready"', '@.type=="NoSuchCondition"'),
+        check.replace('@.type=="Available"', '@.type=="NoSuchCondition"'),
+        check.replace("deployment/coredns", "deployment/no-such-deployment"),
+    ):
+        assert broken != check
+        assert run(broken).returncode != 0, broken
