@@ -37,16 +37,31 @@ class AirflowAPI:
         response.raise_for_status()
         self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
+    #: Items per page of a list endpoint: the API server's `[api] maximum_page_limit` (its
+    #: default); it cuts a larger `limit` down to this without saying so.
+    PAGE = 100
+
     def get(self, path: str, **params: Any) -> Any:
         response = self.http.get(path, params=params)
         response.raise_for_status()
         return response.json()
 
+    def get_all(self, path: str, key: str, **params: Any) -> list[Any]:
+        """Every item of a list endpoint (``key`` names its list), page by page."""
+        items: list[Any] = []
+        while True:
+            page = self.get(path, limit=self.PAGE, offset=len(items), **params)
+            batch = list(page.get(key) or [])
+            items += batch
+            total = page.get("total_entries")
+            if not batch or len(items) >= (len(items) if total is None else int(total)):
+                return items
+
     def dag_ids(self) -> list[str]:
-        return sorted(d["dag_id"] for d in self.get("/api/v2/dags", limit=1000)["dags"])
+        return sorted(d["dag_id"] for d in self.get_all("/api/v2/dags", "dags"))
 
     def import_errors(self) -> list[dict[str, Any]]:
-        return list(self.get("/api/v2/importErrors", limit=100)["import_errors"])
+        return self.get_all("/api/v2/importErrors", "import_errors")
 
     def find_dag(self, dag_id: str, timeout: float) -> None:
         """Wait for ``dag_id`` to be parsed; fail clearly with import errors or the known DAGs.
@@ -83,7 +98,7 @@ class AirflowAPI:
         """The run's state and its task instances by ``task_id`` (``task_id[3]`` when mapped)."""
         run = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
-        tis = self.get(path, limit=1000)["task_instances"]
+        tis = self.get_all(path, "task_instances")
         return str(run["state"]), {ti_key(ti): ti for ti in tis}
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:

@@ -75,9 +75,7 @@ def ended_pods(stack: Stack, selector: str, timeout: float = 180) -> list[dict[s
 def task_timings(stack: Stack, dag_id: str, run_id: str) -> list[TaskTiming]:
     """Every task instance of a run with its pod's timestamps (once its pods have ended)."""
     api = stack.api()
-    tis = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=1000)[
-        "task_instances"
-    ]
+    tis = api.get_all(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", "task_instances")
     pods = ended_pods(stack, f"dag_id={pod_label_value(dag_id)},run_id={pod_label_value(run_id)}")
     by_key: dict[tuple[str, int], dict[str, Any]] = {}
     for pod in pods:

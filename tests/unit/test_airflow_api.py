@@ -278,3 +278,31 @@ def test_mapped_task_instances_are_counted_not_listed() -> None:
     tis = {ti_key(ti): ti for ti in rows}
     assert sorted(tis) == ["items", "noop[0]", "noop[1]", "noop[2]", "noop[3]"]
     assert progress(tis) == {"items": "success", "noop (4 mapped)": "none 1, running 3"}
+
+
+def test_run_state_reads_every_page_of_a_run_with_more_than_100_task_instances() -> None:
+    """The API server cuts any `limit` to 100 (`[api] maximum_page_limit`): a run of 1 + 150
+    mapped task instances is read in two pages, none lost."""
+    tis = [{"task_id": "items", "map_index": -1, "state": "success"}] + [
+        {"task_id": "noop", "map_index": i, "state": "success"} for i in range(150)
+    ]
+    pages: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        token = login(request)
+        if token is not None:
+            return token
+        if request.url.path == "/api/v2/dags/bench/dagRuns/r1":
+            return httpx.Response(200, json={"state": "success"})
+        limit = min(int(request.url.params["limit"]), 100)
+        offset = int(request.url.params["offset"])
+        pages.append((request.url.params["limit"], request.url.params["offset"]))
+        body = {"task_instances": tis[offset : offset + limit], "total_entries": len(tis)}
+        return httpx.Response(200, json=body)
+
+    api = AirflowAPI("http://a", "right", transport=httpx.MockTransport(handler))
+    state, by_key = api.run_state("bench", "r1")
+    assert state == "success"
+    assert len(by_key) == 151
+    assert runs.progress(by_key)["noop (150 mapped)"] == "success 150"
+    assert pages == [("100", "0"), ("100", "100")]
