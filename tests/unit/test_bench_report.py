@@ -13,9 +13,11 @@ from tests.bench.report import (
     Report,
     cpu_section,
     experiments_section,
+    load,
     markdown,
     plot,
     slope,
+    write,
 )
 
 
@@ -113,7 +115,9 @@ def paired_report() -> Report:
         (50, "project settings (paired with: batch 1)", 165.0),
         (50, "batch 1", 181.5),
     ):
-        report.scaling.append({"n": n, "label": label, "wall_s": wall, "run_span_s": wall})
+        report.scaling.append(
+            {"n": n, "label": label, "wall_s": wall, "run_span_s": wall, "tasks_per_min": 1.0}
+        )
     report.experiments.append(
         {"change": "batch 1", "before": "181.5 s", "after": "165.0 s", "kept": "faster: x"}
     )
@@ -131,3 +135,36 @@ def test_the_plot_draws_paired_runs_apart_from_the_scaling_line(tmp_path: Path) 
     path = tmp_path / "plot.png"
     plot(paired_report(), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_change_smaller_than_the_spread_is_within_the_noise() -> None:
+    report = paired_report()
+    report.experiments[0]["delta_pct"] = 10.0 - 0.5  # the spread of the project's runs: 10 %
+    assert "within the noise (+10 % with the change)" in "\n".join(experiments_section(report))
+    report.experiments[0]["delta_pct"] = 10.5
+    assert "| faster: x |" in "\n".join(experiments_section(report))
+
+
+def test_a_report_renders_again_from_its_json(tmp_path: Path) -> None:
+    report = paired_report()
+    report.meta.update(
+        command="nox -s bench",
+        date="d",
+        images="local",
+        git_commit="c",
+        duration_s=60.0,
+        nproc=2,
+        cpu="cpu",
+        memory_bytes=2 * 1024**3,
+        os="os",
+        kernel="k",
+        docker_engine="d",
+        compose="c",
+        loadavg_start="0 0 0",
+    )
+    report.add(Figure("mapped_50", "50 mapped", "s", [150.0, 165.0], 150.0))
+    write(report, tmp_path)
+    first = (tmp_path / "benchmarks.md").read_text()
+    write(load(tmp_path / "benchmarks.json"), tmp_path)
+    assert (tmp_path / "benchmarks.md").read_text() == first
+    assert "| 50 mapped | 157.5 s | ≤ 150 s | **no** | 2 |" in first
