@@ -54,7 +54,7 @@ class AirflowAPI:
             batch = list(page.get(key) or [])
             items += batch
             total = page.get("total_entries")
-            if not batch or len(items) >= (len(items) if total is None else int(total)):
+            if not batch or total is None or len(items) >= int(total):
                 return items
 
     def dag_ids(self) -> list[str]:
