@@ -356,6 +356,7 @@ class Bench:
             "peak_memory_gib": sampler.peak_memory / GIB,
             "peak_cpu": sampler.peak_cpu,
             "cpu_s": sampler.cpu_used,
+            "host": sampler.host,
         }
 
     def experiment(self, label: str, change: str, services: dict[str, dict[str, Any]]) -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from airflow_k3s import compose
@@ -269,9 +270,63 @@ def _kubepods_cpu_seconds(container: str) -> float:
     return float(out[1]) * float(out[0])
 
 
+@dataclass(frozen=True)
+class HostCounters:
+    """The machine's own counters, which tell a slower machine from a slower stack: CPU jiffies
+    by kind (/proc/stat's first line) and the memory cgroups the kernel holds (/proc/cgroups,
+    dying ones included: each ended pod's stay until their page cache is reclaimed)."""
+
+    user: int
+    system: int
+    idle: int
+    steal: int
+    total: int
+    memory_cgroups: int
+
+
+def parse_host_counters(proc_stat: str, proc_cgroups: str) -> HostCounters:
+    """Pure: /proc/stat and /proc/cgroups as read."""
+    cpu = next(line for line in proc_stat.splitlines() if line.startswith("cpu "))
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    v = [int(x) for x in cpu.split()[1:]]
+    v += [0] * (10 - len(v))
+    memory = next(
+        (
+            int(line.split()[2])
+            for line in proc_cgroups.splitlines()
+            if line.split()[:1] == ["memory"]
+        ),
+        -1,
+    )
+    return HostCounters(
+        user=v[0] + v[1],
+        system=v[2] + v[5] + v[6],
+        idle=v[3] + v[4],
+        steal=v[7],
+        total=sum(v[:8]),
+        memory_cgroups=memory,
+    )
+
+
+def host_counters() -> HostCounters:
+    return parse_host_counters(Path("/proc/stat").read_text(), Path("/proc/cgroups").read_text())
+
+
+def host_share(start: HostCounters, end: HostCounters) -> dict[str, float]:
+    """Pure: over an interval, the share of the machine's CPU time stolen by the hypervisor and
+    the kernel's share of the busy time (both in %), and the memory cgroups at its start."""
+    total = end.total - start.total
+    busy = (end.user - start.user) + (end.system - start.system)
+    return {
+        "steal_pct": 100 * (end.steal - start.steal) / total if total else float("nan"),
+        "kernel_pct": 100 * (end.system - start.system) / busy if busy else float("nan"),
+        "memory_cgroups": float(start.memory_cgroups),
+    }
+
+
 class Sampler:
     """`docker stats` of the project every second in the background: the peak total memory and
-    CPU while it runs."""
+    CPU while it runs, and the machine's counters over the run (`host`: see host_share)."""
 
     def __init__(self, project: str) -> None:
         self.project = project
@@ -279,6 +334,8 @@ class Sampler:
         self.peak_cpu = 0.0
         self.cpu_used: dict[str, float] = {}  # service -> CPU seconds used while it ran
         self._cpu_start: dict[str, float] = {}
+        self.host: dict[str, float] = {}
+        self._host_start = host_counters()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -291,12 +348,14 @@ class Sampler:
 
     def __enter__(self) -> Sampler:
         self._cpu_start = cpu_seconds(self.project)
+        self._host_start = host_counters()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.host = host_share(self._host_start, host_counters())
         end = cpu_seconds(self.project)
         self.cpu_used = {
             service: end[service] - self._cpu_start[service]

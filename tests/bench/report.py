@@ -236,6 +236,17 @@ def readiness_section(report: Report) -> list[str]:
     return out
 
 
+def host_cells(host: dict[str, float]) -> list[str]:
+    """The machine's counters of one run (measure.host_share), '-' where the run has none."""
+    if not host:
+        return ["-", "-", "-"]
+    return [
+        f"{host['steal_pct']:.1f} %",
+        f"{host['kernel_pct']:.0f} %",
+        f"{host['memory_cgroups']:.0f}",
+    ]
+
+
 def scaling_section(report: Report) -> list[str]:
     if not report.scaling:
         return []
@@ -248,11 +259,20 @@ def scaling_section(report: Report) -> list[str]:
             f"{r['tasks_per_min']:.0f}",
             f"{r['run_span_s']:.1f} s",
             f"{r.get('peak_memory_gib', float('nan')):.2f} GiB",
+            *host_cells(r.get("host") or {}),
         ]
         for r in report.scaling
     ]
     header = ["N", "settings", "trigger to success", "tasks/min", "run (API)", "peak memory"]
+    header += ["steal", "kernel share", "memory cgroups"]
     out += _table(header, rows)
+    out += [
+        "",
+        "The last three columns are the machine's, from /proc: the CPU time the hypervisor stole "
+        "over the run, the kernel's share of the busy CPU time, and the memory cgroups the kernel "
+        "held when the run started (dying ones included). They tell a machine that got slower "
+        "from a stack that did.",
+    ]
     points = [
         (float(r["n"]), float(r["wall_s"]))
         for r in report.scaling

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.measure import TaskTiming, median
+from tests.bench.measure import TaskTiming, host_share, median, parse_host_counters
 from tests.bench.report import (
     Figure,
     Report,
     cpu_section,
     experiments_section,
+    host_cells,
     load,
     markdown,
     plot,
@@ -168,3 +169,21 @@ def test_a_report_renders_again_from_its_json(tmp_path: Path) -> None:
     write(load(tmp_path / "benchmarks.json"), tmp_path)
     assert (tmp_path / "benchmarks.md").read_text() == first
     assert "| 50 mapped | 157.5 s | ≤ 150 s | **no** | 2 |" in first
+
+
+PROC_CGROUPS = "#subsys_name hierarchy num_cgroups enabled\ncpu 3 1 1\nmemory 4 {n} 1\n"
+
+
+def test_host_share_reads_steal_and_the_kernels_share_of_busy_time() -> None:
+    #                user nice system idle iowait irq softirq steal
+    start = parse_host_counters(
+        "cpu  100 0 50 800 0 0 0 50 0 0\ncpu0 1\n", PROC_CGROUPS.format(n=7)
+    )
+    end = parse_host_counters("cpu  400 0 150 1100 0 0 0 150 0 0\n", PROC_CGROUPS.format(n=90))
+    assert start.memory_cgroups == 7
+    share = host_share(start, end)
+    assert share["steal_pct"] == pytest.approx(100 * 100 / 800)  # 800 jiffies in all
+    assert share["kernel_pct"] == pytest.approx(100 * 100 / 400)  # 300 user, 100 system
+    assert share["memory_cgroups"] == 7, "the count at the run's start"
+    assert host_cells(share) == ["12.5 %", "25 %", "7"]
+    assert host_cells({}) == ["-", "-", "-"], "a run measured before the counters existed"
