@@ -279,8 +279,9 @@ def scaling_section(report: Report) -> list[str]:
         if r["label"] == "project settings"
     ]
     b, a = slope(points)
-    out += ["", f"Fitted: **{a:.1f} s + {b:.2f} s per task** (least squares over N).", ""]
-    return [*out, f"![wall time against N]({PLOT_FILE})"]
+    if not math.isnan(b):  # one size, however many runs, fits no line
+        out += ["", f"Fitted: **{a:.1f} s + {b:.2f} s per task** (least squares over N)."]
+    return [*out, "", f"![wall time against N]({PLOT_FILE})"]
 
 
 PODS = "k3s: pods"  # the keys measure.cpu_seconds splits the k3s container into

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.bench import shown_run
 from tests.bench.measure import TaskTiming, host_share, median, parse_host_counters
 from tests.bench.report import (
     Figure,
@@ -17,6 +18,7 @@ from tests.bench.report import (
     load,
     markdown,
     plot,
+    scaling_section,
     slope,
     write,
 )
@@ -187,3 +189,15 @@ def test_host_share_reads_steal_and_the_kernels_share_of_busy_time() -> None:
     assert share["memory_cgroups"] == 7, "the count at the run's start"
     assert host_cells(share) == ["12.5 %", "25 %", "7"]
     assert host_cells({}) == ["-", "-", "-"], "a run measured before the counters existed"
+
+
+def test_runs_of_one_size_fit_no_line_and_an_experiment_shows_cpu_per_task() -> None:
+    report = Report(meta={})
+    for wall in (200.0, 210.0):
+        report.scaling.append(
+            {"n": 50, "label": "project settings", "wall_s": wall, "tasks_per_min": 15.0}
+        )
+    report.scaling[0]["run_span_s"] = report.scaling[1]["run_span_s"] = 190.0
+    assert not any("Fitted" in line for line in scaling_section(report))
+    run = {"n": 50, "wall_s": 200.0, "tasks_per_min": 15.0, "cpu_s": {"a": 300.0, "b": 60.0}}
+    assert shown_run(run) == "200.0 s (15 tasks/min, 7.20 CPU s/task)"
