@@ -278,7 +278,6 @@ class HostCounters:
 
     user: int
     system: int
-    idle: int
     steal: int
     total: int
     memory_cgroups: int
@@ -301,7 +300,6 @@ def parse_host_counters(proc_stat: str, proc_cgroups: str) -> HostCounters:
     return HostCounters(
         user=v[0] + v[1],
         system=v[2] + v[5] + v[6],
-        idle=v[3] + v[4],
         steal=v[7],
         total=sum(v[:8]),
         memory_cgroups=memory,
@@ -335,7 +333,7 @@ class Sampler:
         self.cpu_used: dict[str, float] = {}  # service -> CPU seconds used while it ran
         self._cpu_start: dict[str, float] = {}
         self.host: dict[str, float] = {}
-        self._host_start = host_counters()
+        self._host_start: HostCounters  # read by __enter__
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
