@@ -357,6 +357,7 @@ class Bench:
             "peak_cpu": sampler.peak_cpu,
             "cpu_s": sampler.cpu_used,
             "host": sampler.host,
+            "node_cpu_s": sampler.node_cpu,
         }
 
     def experiment(self, label: str, change: str, services: dict[str, dict[str, Any]]) -> None:

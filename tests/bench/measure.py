@@ -270,6 +270,84 @@ def _kubepods_cpu_seconds(container: str) -> float:
     return float(out[1]) * float(out[0])
 
 
+# One line per process of the node, outside its pods: "<in kubepods: 0 or more> TAB <argv[0]
+# argv[1]> TAB <the /proc stat line>". Run in the node container, so its own PIDs.
+NODE_PROCESSES_SCRIPT = r"""for d in /proc/[0-9]*; do
+  s=$(cat "$d/stat" 2>/dev/null) || continue
+  printf '%s\t%s\t%s\n' "$(grep -c kubepods "$d/cgroup" 2>/dev/null)" \
+    "$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null | cut -d' ' -f1,2)" "$s"
+done"""
+USER_HZ = 100  # /proc/PID/stat counts clock ticks of 1/100 s on Linux, whatever the kernel's HZ
+REAPED = "ended processes (reaped by the node's init)"
+
+
+def component_of(argv: str) -> str:
+    """Pure: a node process's component from its first two arguments. The local node runs each
+    Kubernetes component as `k3s <component>` (upstream k3s: all in `k3s server`); anything else
+    by its program's name."""
+    words = argv.split()
+    if not words:
+        return "?"
+    program = words[0].rsplit("/", 1)[-1]
+    if program == "k3s" and len(words) > 1:
+        return words[1]
+    return program
+
+
+def parse_node_processes(text: str) -> dict[tuple[int, int], tuple[str, float, float]]:
+    """Pure: NODE_PROCESSES_SCRIPT's output -> {(pid, start time): (component, its own CPU
+    seconds, its waited-for children's)}, the pods' processes left out (the kubepods cgroup is
+    counted as the pods)."""
+    found: dict[tuple[int, int], tuple[str, float, float]] = {}
+    for line in text.splitlines():
+        parts = line.split("\t", 2)
+        if len(parts) != 3 or parts[0].strip() not in ("0", ""):
+            continue
+        stat = parts[2]
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after it.
+        pid = int(stat.split(" ", 1)[0])
+        fields = stat[stat.rindex(")") + 2 :].split()
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        start = int(fields[19])
+        found[(pid, start)] = (
+            component_of(parts[1]),
+            (utime + stime) / USER_HZ,
+            (cutime + cstime) / USER_HZ,
+        )
+    return found
+
+
+def node_cpu_by_component(
+    start: dict[tuple[int, int], tuple[str, float, float]],
+    end: dict[tuple[int, int], tuple[str, float, float]],
+) -> dict[str, float]:
+    """Pure: CPU seconds each node component used between two readings. A process that started
+    in between counts whole; one that ended in between is lost unless its parent waited for it:
+    a component's children count as its own (containerd's CNI plugins, a shim's runc), and the
+    processes the node's init reaped (ended shims) are a line of their own."""
+    used: dict[str, float] = {}
+    for key, (component, own, children) in end.items():
+        before = start.get(key, (component, 0.0, 0.0))
+        if key[0] == 1:
+            used[REAPED] = used.get(REAPED, 0.0) + children - before[2]
+            delta = own - before[1]
+        else:
+            delta = own + children - before[1] - before[2]
+        used[component] = used.get(component, 0.0) + delta
+    return used
+
+
+def node_processes(container: str) -> dict[tuple[int, int], tuple[str, float, float]]:
+    """The node container's processes (NODE_PROCESSES_SCRIPT), {} if it cannot be read."""
+    result = subprocess.run(
+        ["docker", "exec", container, "sh", "-c", NODE_PROCESSES_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return parse_node_processes(result.stdout) if result.returncode == 0 else {}
+
+
 @dataclass(frozen=True)
 class HostCounters:
     """The machine's own counters, which tell a slower machine from a slower stack: CPU jiffies
@@ -334,6 +412,9 @@ class Sampler:
         self._cpu_start: dict[str, float] = {}
         self.host: dict[str, float] = {}
         self._host_start: HostCounters  # read by __enter__
+        self.node_cpu: dict[str, float] = {}  # node component -> CPU seconds used while it ran
+        self._node = f"{project}-k3s-1"
+        self._node_start: dict[tuple[int, int], tuple[str, float, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -347,6 +428,7 @@ class Sampler:
     def __enter__(self) -> Sampler:
         self._cpu_start = cpu_seconds(self.project)
         self._host_start = host_counters()
+        self._node_start = node_processes(self._node)
         self._thread.start()
         return self
 
@@ -354,6 +436,9 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         self.host = host_share(self._host_start, host_counters())
+        node_end = node_processes(self._node)
+        if self._node_start and node_end:
+            self.node_cpu = node_cpu_by_component(self._node_start, node_end)
         end = cpu_seconds(self.project)
         self.cpu_used = {
             service: end[service] - self._cpu_start[service]

@@ -165,6 +165,7 @@ def markdown(report: Report, docs: Path) -> str:
         readiness_section(report),
         scaling_section(report),
         cpu_section(report),
+        node_section(report),
         experiments_section(report),
         ["", "## Notes", ""] + [f"- {n}" for n in report.notes] if report.notes else [],
         standin_comparison(report, docs),
@@ -325,6 +326,44 @@ def cpu_section(report: Report) -> list[str]:
     out.append("")
     header = ["N", *(name for _, name in CPU_COLUMNS), "the rest", "total", "cores busy"]
     return out + _table(header, rows)
+
+
+NODE_COLUMNS = 6  # the node's components shown by name; the others are summed into one column
+
+
+def node_section(report: Report) -> list[str]:
+    """The node's CPU seconds per task by component (measure.node_cpu_by_component) during each
+    mapped run: which part of Kubernetes the node's share of the cores goes to."""
+    runs = [r for r in report.scaling if r.get("node_cpu_s") and (r.get("cpu_s") or {}).get(NODE)]
+    if not runs:
+        return []
+    totals: dict[str, float] = {}
+    for r in runs:
+        for component, used in r["node_cpu_s"].items():
+            totals[component] = totals.get(component, 0.0) + used / r["n"]
+    named = sorted(totals, key=lambda c: -totals[c])[:NODE_COLUMNS]
+    rows = []
+    for r in runs:
+        n, used = r["n"], r["node_cpu_s"]
+        shown = [used.get(c, 0.0) for c in named]
+        rest = r["cpu_s"][NODE] - sum(shown)
+        rows.append(
+            [
+                f"{n} ({r['label']})",
+                *(f"{v / n:.2f}" for v in shown),
+                f"{rest / n:.2f}",
+                f"{r['cpu_s'][NODE] / n:.2f}",
+            ]
+        )
+    out = ["", "## Where the node's CPU goes: CPU seconds per task, by component", ""]
+    out.append(
+        "The node's column above, split by process (from /proc inside the node: each process's "
+        "own CPU time and that of the children it waited for, such as containerd's CNI plugins and "
+        "a shim's runc). The rest is what no running process accounts for: ended processes no one "
+        "waited for, the healthcheck's kubectl and the bench's own `docker exec`."
+    )
+    out.append("")
+    return out + _table(["N", *named, "the rest", "node total"], rows)
 
 
 def experiments_section(report: Report) -> list[str]:

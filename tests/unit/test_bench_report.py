@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from tests.bench.bench import shown_run
-from tests.bench.measure import TaskTiming, host_share, median, parse_host_counters
+from tests.bench.measure import (
+    REAPED,
+    TaskTiming,
+    component_of,
+    host_share,
+    median,
+    node_cpu_by_component,
+    parse_host_counters,
+    parse_node_processes,
+)
 from tests.bench.report import (
     Figure,
     Report,
@@ -17,6 +26,7 @@ from tests.bench.report import (
     host_cells,
     load,
     markdown,
+    node_section,
     plot,
     scaling_section,
     slope,
@@ -201,3 +211,64 @@ def test_runs_of_one_size_fit_no_line_and_an_experiment_shows_cpu_per_task() -> 
     assert not any("Fitted" in line for line in scaling_section(report))
     run = {"n": 50, "wall_s": 200.0, "tasks_per_min": 15.0, "cpu_s": {"a": 300.0, "b": 60.0}}
     assert shown_run(run) == "200.0 s (15 tasks/min, 7.20 CPU s/task)"
+
+
+def _stat(pid: int, comm: str, utime: int, stime: int, cutime: int, cstime: int, start: int) -> str:
+    # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime
+    # stime cutime cstime priority nice threads itrealvalue starttime ...
+    return (
+        f"{pid} ({comm}) S 1 1 1 0 -1 0 0 0 0 0 {utime} {stime} {cutime} {cstime} 20 0 9 0 "
+        f"{start} 1000 10"
+    )
+
+
+def test_node_cpu_is_split_by_component_with_children_and_reaped_processes() -> None:
+    assert component_of("/usr/bin/k3s kube-apiserver") == "kube-apiserver"
+    assert component_of("/bin/k3s server") == "server"
+    assert component_of("/usr/local/bin/containerd --config") == "containerd"
+    assert component_of("") == "?"
+
+    def reading(api: int, init_children: int, shim: bool) -> str:
+        lines = [
+            f"0\t/bin/k3s server\t{_stat(1, 'k3s', 10, 0, init_children, 0, 5)}",
+            f"0\t/usr/bin/k3s kube-apiserver\t{_stat(104, 'k3s', api, 0, 0, 0, 9)}",
+            f"0\t/usr/local/bin/containerd --config\t{_stat(55, 'containerd', 100, 0, 50, 0, 7)}",
+            # a pod's process: counted as the pods', not the node's
+            f"9\t/coredns -conf\t{_stat(386, 'coredns', 999, 0, 0, 0, 11)}",
+        ]
+        if shim:  # a process whose name holds a space and a parenthesis
+            lines.append(
+                f"0\t/usr/local/bin/containerd-shim-runc-v2 -namespace\t"
+                f"{_stat(700, 'shim (x) y', 30, 20, 0, 0, 300)}"
+            )
+        return "\n".join(lines) + "\n"
+
+    start = parse_node_processes(reading(api=200, init_children=0, shim=False))
+    assert {c for c, _, _ in start.values()} == {"server", "kube-apiserver", "containerd"}
+    assert start[(55, 7)] == ("containerd", 1.0, 0.5)
+    end = parse_node_processes(reading(api=500, init_children=40, shim=True))
+    used = node_cpu_by_component(start, end)
+    assert used["kube-apiserver"] == pytest.approx(3.0)
+    assert used["containerd"] == pytest.approx(0.0)
+    assert used["containerd-shim-runc-v2"] == pytest.approx(0.5), "new: counted whole"
+    assert used[REAPED] == pytest.approx(0.4), "what the node's init waited for"
+    assert used["server"] == pytest.approx(0.0)
+
+    report = Report(meta={})
+    report.scaling.append(
+        {
+            "n": 10,
+            "label": "project settings",
+            "wall_s": 20.0,
+            "cpu_s": {"k3s: node": 5.0},
+            "node_cpu_s": used,
+        }
+    )
+    report.scaling.append({"n": 1, "label": "old run", "wall_s": 5.0, "cpu_s": {"k3s: node": 1.0}})
+    lines = node_section(report)
+    rows = [ln for ln in lines if ln.startswith("| 10 ")]
+    assert len(rows) == 1
+    assert rows[0].startswith("| 10 (project settings) | 0.30 | 0.05 | 0.04 |")
+    assert rows[0].endswith("| 0.11 | 0.50 |"), "the rest: node total minus the components"
+    assert not any(ln.startswith("| 1 ") for ln in lines), "a run without the split has no row"
+    assert node_section(Report(meta={})) == []
