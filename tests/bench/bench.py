@@ -419,21 +419,32 @@ class Bench:
                 scheduler_env(AIRFLOW__CORE__PARALLELISM=value),
             )
         digest = self.stack.push()  # idempotent: the digest the registry holds
-        template = (self.stack.settings.root / "airflow" / "pod_template.yaml").read_text()
-        assert "imagePullPolicy: Always" in template, "the pod template's pull policy changed"
-        pinned = self.stack.state_dir / "experiment-pod-template-ifnotpresent.yaml"
-        pinned.write_text(
-            template.replace("imagePullPolicy: Always", "imagePullPolicy: IfNotPresent")
-        )
         by_digest = scheduler_env(
             AIRFLOW__KUBERNETES_EXECUTOR__WORKER_CONTAINER_TAG=f"latest@{digest}"
         )
-        by_digest["airflow-scheduler"]["volumes"] = [f"{pinned}:/opt/airflow/pod_template.yaml:ro"]
+        by_digest["airflow-scheduler"]["volumes"] = [
+            self.pod_template(
+                "ifnotpresent", "imagePullPolicy: Always", "imagePullPolicy: IfNotPresent"
+            )
+        ]
         self.experiment(
             "image by digest, IfNotPresent",
             "the worker image pinned by digest (tag latest@sha256:...) with imagePullPolicy "
             "IfNotPresent, against tag latest with Always (a registry check per pod)",
             by_digest,
+        )
+        no_token = self.pod_template(
+            "no-token",
+            "  restartPolicy: Never\n",
+            "  restartPolicy: Never\n  automountServiceAccountToken: false\n"
+            "  enableServiceLinks: false\n",
+        )
+        self.experiment(
+            "no service account token, no service links",
+            "worker pods without a service account token (automountServiceAccountToken false: "
+            "no token request, no projected volume) and without service environment variables "
+            "(enableServiceLinks false), against Kubernetes' defaults (both on)",
+            {"airflow-scheduler": {"volumes": [no_token]}},
         )
         self.experiment(
             "dag-processor reparsing every 30 s",
@@ -461,6 +472,15 @@ class Bench:
                 for service, check in AIRFLOW_JOBS_CHECK.items()
             },
         )
+
+    def pod_template(self, name: str, old: str, new: str) -> str:
+        """A copy of the project's pod template with ``old`` replaced by ``new``, as a volume
+        entry that mounts it over the scheduler's template."""
+        template = (self.stack.settings.root / "airflow" / "pod_template.yaml").read_text()
+        assert old in template, f"the pod template no longer holds {old!r}"
+        path = self.stack.state_dir / f"experiment-pod-template-{name}.yaml"
+        path.write_text(template.replace(old, new))
+        return f"{path}:/opt/airflow/pod_template.yaml:ro"
 
     # ----------------------------------------------------------------------- edit loop
 
