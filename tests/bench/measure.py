@@ -278,7 +278,10 @@ NODE_PROCESSES_SCRIPT = r"""for d in /proc/[0-9]*; do
     "$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null | cut -d' ' -f1,2)" "$s"
 done"""
 USER_HZ = 100  # /proc/PID/stat counts clock ticks of 1/100 s on Linux, whatever the kernel's HZ
-REAPED = "ended processes (reaped by the node's init)"
+# Processes whose waited-for children are not the node's: the node's init reaps every ended shim
+# (with its pods' processes in its children's time), and a shim reaps its containers' processes.
+# Only their own CPU time counts.
+OWN_TIME_ONLY = {"server", "containerd-shim-runc-v2"}
 
 
 def component_of(argv: str) -> str:
@@ -322,17 +325,15 @@ def node_cpu_by_component(
     end: dict[tuple[int, int], tuple[str, float, float]],
 ) -> dict[str, float]:
     """Pure: CPU seconds each node component used between two readings. A process that started
-    in between counts whole; one that ended in between is lost unless its parent waited for it:
-    a component's children count as its own (containerd's CNI plugins, a shim's runc), and the
-    processes the node's init reaped (ended shims) are a line of their own."""
+    in between counts whole; one that ended in between is lost (it is in the node's total, not
+    in any component). A component's waited-for children count as its own (containerd's CNI
+    plugins, say), except for OWN_TIME_ONLY, whose children are the pods'."""
     used: dict[str, float] = {}
     for key, (component, own, children) in end.items():
         before = start.get(key, (component, 0.0, 0.0))
-        if key[0] == 1:
-            used[REAPED] = used.get(REAPED, 0.0) + children - before[2]
-            delta = own - before[1]
-        else:
-            delta = own + children - before[1] - before[2]
+        delta = own - before[1]
+        if component not in OWN_TIME_ONLY:
+            delta += children - before[2]
         used[component] = used.get(component, 0.0) + delta
     return used
 

@@ -358,9 +358,10 @@ def node_section(report: Report) -> list[str]:
     out = ["", "## Where the node's CPU goes: CPU seconds per task, by component", ""]
     out.append(
         "The node's column above, split by process (from /proc inside the node: each process's "
-        "own CPU time and that of the children it waited for, such as containerd's CNI plugins and "
-        "a shim's runc). The rest is what no running process accounts for: ended processes no one "
-        "waited for, the healthcheck's kubectl and the bench's own `docker exec`."
+        "own CPU time and that of the children it waited for, such as containerd's CNI plugins; "
+        "a shim's own time only, its children being the pod's processes). The rest is what no "
+        "running process accounts for: the shims of pods that ended, the runc calls they made, "
+        "the healthcheck's kubectl and the bench's own `docker exec`."
     )
     out.append("")
     return out + _table(["N", *named, "the rest", "node total"], rows)

@@ -9,7 +9,6 @@ import pytest
 
 from tests.bench.bench import shown_run
 from tests.bench.measure import (
-    REAPED,
     TaskTiming,
     component_of,
     host_share,
@@ -228,31 +227,30 @@ def test_node_cpu_is_split_by_component_with_children_and_reaped_processes() -> 
     assert component_of("/usr/local/bin/containerd --config") == "containerd"
     assert component_of("") == "?"
 
-    def reading(api: int, init_children: int, shim: bool) -> str:
+    def reading(api: int, init_children: int, cni: int, shim: bool) -> str:
         lines = [
             f"0\t/bin/k3s server\t{_stat(1, 'k3s', 10, 0, init_children, 0, 5)}",
             f"0\t/usr/bin/k3s kube-apiserver\t{_stat(104, 'k3s', api, 0, 0, 0, 9)}",
-            f"0\t/usr/local/bin/containerd --config\t{_stat(55, 'containerd', 100, 0, 50, 0, 7)}",
+            f"0\t/usr/local/bin/containerd --config\t{_stat(55, 'containerd', 100, 0, cni, 0, 7)}",
             # a pod's process: counted as the pods', not the node's
             f"9\t/coredns -conf\t{_stat(386, 'coredns', 999, 0, 0, 0, 11)}",
         ]
         if shim:  # a process whose name holds a space and a parenthesis
             lines.append(
                 f"0\t/usr/local/bin/containerd-shim-runc-v2 -namespace\t"
-                f"{_stat(700, 'shim (x) y', 30, 20, 0, 0, 300)}"
+                f"{_stat(700, 'shim (x) y', 30, 20, 70, 0, 300)}"
             )
         return "\n".join(lines) + "\n"
 
-    start = parse_node_processes(reading(api=200, init_children=0, shim=False))
+    start = parse_node_processes(reading(api=200, init_children=0, cni=50, shim=False))
     assert {c for c, _, _ in start.values()} == {"server", "kube-apiserver", "containerd"}
     assert start[(55, 7)] == ("containerd", 1.0, 0.5)
-    end = parse_node_processes(reading(api=500, init_children=40, shim=True))
+    end = parse_node_processes(reading(api=500, init_children=40, cni=80, shim=True))
     used = node_cpu_by_component(start, end)
     assert used["kube-apiserver"] == pytest.approx(3.0)
-    assert used["containerd"] == pytest.approx(0.0)
-    assert used["containerd-shim-runc-v2"] == pytest.approx(0.5), "new: counted whole"
-    assert used[REAPED] == pytest.approx(0.4), "what the node's init waited for"
-    assert used["server"] == pytest.approx(0.0)
+    assert used["containerd"] == pytest.approx(0.3), "with the CNI plugins it waited for"
+    assert used["containerd-shim-runc-v2"] == pytest.approx(0.5), "new: whole, its own time only"
+    assert used["server"] == pytest.approx(0.0), "the ended shims it reaped hold the pods' CPU"
 
     report = Report(meta={})
     report.scaling.append(
@@ -268,7 +266,7 @@ def test_node_cpu_is_split_by_component_with_children_and_reaped_processes() -> 
     lines = node_section(report)
     rows = [ln for ln in lines if ln.startswith("| 10 ")]
     assert len(rows) == 1
-    assert rows[0].startswith("| 10 (project settings) | 0.30 | 0.05 | 0.04 |")
-    assert rows[0].endswith("| 0.11 | 0.50 |"), "the rest: node total minus the components"
+    assert rows[0].startswith("| 10 (project settings) | 0.30 | 0.05 | 0.03 |")
+    assert rows[0].endswith("| 0.12 | 0.50 |"), "the rest: node total minus the components"
     assert not any(ln.startswith("| 1 ") for ln in lines), "a run without the split has no row"
     assert node_section(Report(meta={})) == []
