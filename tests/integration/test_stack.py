@@ -100,6 +100,14 @@ def test_the_node_is_one_ready_node_named_k3s_with_coredns(stack: Stack) -> None
     assert claim["status"]["phase"] == "Bound"
 
 
+def test_the_kubelet_does_not_throttle_image_pulls(stack: Stack) -> None:
+    # Each worker pod pulls (imagePullPolicy Always); with the default 5 pulls a second a wide
+    # mapped run failed tasks with "pull QPS exceeded". The kubelet's live config, not the flag.
+    raw = stack.kubectl("get", "--raw", "/api/v1/nodes/k3s/proxy/configz")
+    assert raw.returncode == 0, raw.stderr
+    assert json.loads(raw.stdout)["kubeletconfig"].get("registryPullQPS") == 0
+
+
 def test_kubectl_passthrough_keeps_kubectls_exit_code(stack: Stack) -> None:
     listed = stack.invoke("kubectl", "--", "get", "nodes")
     assert listed.returncode == 0

@@ -250,6 +250,7 @@ def test_k3s_command_fixes_the_node_name_and_pulls_through_the_mirror_only() -> 
     assert "--node-name=k3s" in command
     assert "--disable-default-registry-endpoint" in command
     assert "--disable=local-storage" in command, "the shared volume is a static PV, no provisioner"
+    assert "--kubelet-arg=registry-qps=0" in command, "32 pods at once exceed 5 pulls a second"
     assert len(command) == len(set(command))
     # The healthcheck waits for the node by that name.
     assert "node/k3s" in " ".join(SERVICES["k3s"]["healthcheck"]["test"])
