@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 STANDIN_FILE = "benchmarks-standin-2026-11-25.json"
+#: Earlier full runs of this bench on another kind of machine, kept whole to compare against.
+MACHINE_FILES = "benchmarks-machine-*.json"
 PLOT_FILE = "bench-scaling.png"
 
 
@@ -120,7 +122,7 @@ def plot(report: Report, path: Path) -> None:
         for r in report.scaling
         if r.get("label") == "project settings"
     ]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(9.6, 4.4), dpi=110)
     ax.plot(
         [x for x, _ in points], [y for _, y in points], "o-", label="measured (project settings)"
     )
@@ -141,11 +143,15 @@ def plot(report: Report, path: Path) -> None:
     others = [r for r in report.scaling if not str(r.get("label")).startswith("project settings")]
     for row in others:
         ax.plot([row["n"]], [row["wall_s"]], "x", markersize=9, label=row["label"])
+    target = report.figure("mapped_50")
+    if target is not None and target.target is not None:
+        ax.plot([50], [target.target], "v", color="red", markersize=9, label="target: 50 tasks")
     ax.set_xlabel("mapped trivial tasks in one run (N)")
     ax.set_ylabel("trigger to success (s)")
     ax.set_title("KubernetesExecutor on the local k3s node, 2 cores")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the points
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -168,6 +174,7 @@ def markdown(report: Report, docs: Path) -> str:
         node_section(report),
         experiments_section(report),
         ["", "## Notes", ""] + [f"- {n}" for n in report.notes] if report.notes else [],
+        machine_comparison(report, docs),
         standin_comparison(report, docs),
     )
     return "\n".join(line for section in sections for line in section) + "\n"
@@ -418,6 +425,62 @@ def load(path: Path) -> Report:
     )
 
 
+def cpu_per_task(report: Report, n: int = 50) -> tuple[float, float]:
+    """CPU seconds per task of the N-task runs with the project's settings (median over them):
+    (all containers, the worker pods alone); NaN without counters."""
+    totals, pods = [], []
+    for r in report.scaling:
+        used = r.get("cpu_s") or {}
+        if r["n"] == n and str(r["label"]).startswith("project settings") and used:
+            totals.append(sum(used.values()) / n)
+            pods.append(used.get(PODS, float("nan")) / n)
+    return median_of(totals), median_of(pods)
+
+
+def median_of(values: list[float]) -> float:
+    return Figure("", "", "", values).value
+
+
+def machine_comparison(report: Report, docs: Path) -> list[str]:
+    """This run's targeted figures and CPU per task next to earlier full runs of the bench on
+    other kinds of machine (docs/benchmarks-machine-*.json): what the machine alone changes."""
+    earlier = [load(path) for path in sorted(docs.glob(MACHINE_FILES))]
+    if not earlier:
+        return []
+    runs = [report, *earlier]
+    header = ["figure"] + [
+        ("this run: " if r is report else "")
+        + f"{r.meta['cpu']}, {r.meta['date'][:10]} ({r.meta['git_commit']})"
+        for r in runs
+    ]
+    rows = []
+    for figure in report.figures:
+        if figure.target is None:
+            continue
+        cells = []
+        for r in runs:
+            same = r.figure(figure.key)
+            cells.append(
+                "-" if same is None else same.shown() + (" (missed)" if same.met is False else "")
+            )
+        rows.append([f"{figure.name} (target {figure.shown_target()})", *cells])
+    per_task = [cpu_per_task(r) for r in runs]
+    rows.append(["CPU s per task, 50 tasks, all containers", *(f"{t:.2f}" for t, _ in per_task)])
+    rows.append(["CPU s per task, 50 tasks, the worker pods", *(f"{p:.2f}" for _, p in per_task)])
+    names = ", ".join(f"[{p.name}]({p.name})" for p in sorted(docs.glob(MACHINE_FILES)))
+    return [
+        "",
+        "## The same bench on another kind of machine",
+        "",
+        "The CI machines are not all alike. The first column is this run; the others are earlier "
+        f"full runs of this bench on 2-core machines of another kind ({names}), kept whole. The "
+        "tasks are CPU-bound, so how fast the machine's cores are decides most of the difference "
+        "([worker-startup.md](worker-startup.md)).",
+        "",
+        *_table(header, rows),
+    ]
+
+
 def standin_comparison(report: Report, docs: Path) -> list[str]:
     """The stand-in executor's figures of 2026-11-25, labelled, next to today's."""
     path = docs / STANDIN_FILE
@@ -442,6 +505,7 @@ def standin_comparison(report: Report, docs: Path) -> list[str]:
     if not rows:
         return []
     return [
+        "",
         "## For comparison only: the stand-in executor (2026-11-25)",
         "",
         "Before the real cluster ran here, tasks ran as Docker containers started by a stand-in "

@@ -20,10 +20,12 @@ from tests.bench.measure import (
 from tests.bench.report import (
     Figure,
     Report,
+    cpu_per_task,
     cpu_section,
     experiments_section,
     host_cells,
     load,
+    machine_comparison,
     markdown,
     node_section,
     plot,
@@ -180,6 +182,47 @@ def test_a_report_renders_again_from_its_json(tmp_path: Path) -> None:
     write(load(tmp_path / "benchmarks.json"), tmp_path)
     assert (tmp_path / "benchmarks.md").read_text() == first
     assert "| 50 mapped | 157.5 s | ≤ 150 s | **no** | 2 |" in first
+
+
+def machine_report(cpu: str, wall_50: float, pod_cpu: list[float]) -> Report:
+    """A finished bench on a machine ``cpu``: its 50-task figure and runs of 50 tasks with the
+    project's settings (worker pods' CPU seconds ``pod_cpu``), plus one experiment run."""
+    meta = {"command": "nox -s bench", "images": "local", "duration_s": 60.0, "nproc": 2}
+    meta |= {"memory_bytes": 2 * 1024**3, "os": "os", "kernel": "k", "docker_engine": "d"}
+    meta |= {"compose": "c", "loadavg_start": "0 0 0", "cpu": cpu, "git_commit": "abc"}
+    report = Report(meta=meta | {"date": "2026-12-06 09:00 UTC"})
+    report.add(Figure("mapped_50", "50 mapped", "s", [wall_50], 150.0))
+    report.add(Figure("slope", "slope", "s", [3.0]))  # no target: not compared
+    labels = ["project settings"] + ["project settings (paired with: x)"] * (len(pod_cpu) - 1)
+    for label, pods in zip(labels, pod_cpu, strict=True):
+        report.scaling.append(
+            {"n": 50, "label": label, "wall_s": wall_50, "cpu_s": {"k3s: pods": pods, "s3": 50.0}}
+        )
+    report.scaling.append(
+        {"n": 50, "label": "x", "wall_s": 1.0, "cpu_s": {"k3s: pods": 9999.0, "s3": 50.0}}
+    )
+    for run in report.scaling:
+        run |= {"run_span_s": run["wall_s"], "tasks_per_min": 50 / run["wall_s"] * 60}
+    return report
+
+
+def test_cpu_per_task_is_the_median_of_the_project_runs_only() -> None:
+    total, pods = cpu_per_task(machine_report("cpu", 100.0, [100.0, 150.0, 300.0]))
+    assert pods == pytest.approx(3.0), "the median run, the experiment's run left out"
+    assert total == pytest.approx(4.0)
+    assert all(math.isnan(v) for v in cpu_per_task(Report(meta={}))), "no runs, no figure"
+
+
+def test_other_machines_are_compared_figure_by_figure(tmp_path: Path) -> None:
+    assert machine_comparison(machine_report("Xeon", 100.0, [100.0]), tmp_path) == []
+    write(machine_report("EPYC", 204.0, [237.0]), tmp_path)
+    (tmp_path / "benchmarks.json").rename(tmp_path / "benchmarks-machine-epyc.json")
+    text = "\n".join(machine_comparison(machine_report("Xeon", 100.0, [100.0]), tmp_path))
+    assert "| figure | this run: Xeon, 2026-12-06 (abc) | EPYC, 2026-12-06 (abc) |" in text
+    assert "| 50 mapped (target ≤ 150 s) | 100.0 s | 204.0 s (missed) |" in text
+    assert "| CPU s per task, 50 tasks, the worker pods | 2.00 | 4.74 |" in text
+    assert "slope" not in text, "figures without a target are not compared"
+    assert "[benchmarks-machine-epyc.json](benchmarks-machine-epyc.json)" in text
 
 
 PROC_CGROUPS = "#subsys_name hierarchy num_cgroups enabled\ncpu 3 1 1\nmemory 4 {n} 1\n"
