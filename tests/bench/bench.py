@@ -39,8 +39,8 @@ import yaml
 from airflow_k3s import compose, runs
 from airflow_k3s.settings import ROOT, Settings
 from tests.bench import measure
-from tests.bench.measure import Sampler, median, task_timings, timed
-from tests.bench.report import Figure, Report, slope, write
+from tests.bench.measure import Sampler, task_timings, timed
+from tests.bench.report import Figure, Report, median, slope, write
 from tests.harness import Stack, require_docker, stack_env
 
 GIB = 1024**3

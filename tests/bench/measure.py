@@ -8,11 +8,10 @@ import json
 import math
 import os
 import socket
-import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,11 +28,6 @@ def ts(value: str | None) -> float:
     if not value:
         return float("nan")
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def median(values: Sequence[float]) -> float:
-    clean = [v for v in values if not math.isnan(v)]
-    return statistics.median(clean) if clean else float("nan")
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,12 @@ STANDIN_FILE = "benchmarks-standin-2026-11-25.json"
 #: Earlier full runs of this bench on another kind of machine, kept whole to compare against.
 MACHINE_FILES = "benchmarks-machine-*.json"
 PLOT_FILE = "bench-scaling.png"
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of the values that are numbers; NaN when there are none."""
+    clean = [v for v in values if not math.isnan(v)]
+    return statistics.median(clean) if clean else float("nan")
 
 
 @dataclass
@@ -28,11 +36,7 @@ class Figure:
 
     @property
     def value(self) -> float:
-        clean = sorted(s for s in self.samples if not math.isnan(s))
-        if not clean:
-            return float("nan")
-        mid = len(clean) // 2
-        return clean[mid] if len(clean) % 2 else (clean[mid - 1] + clean[mid]) / 2
+        return median(self.samples)
 
     @property
     def met(self) -> bool | None:
@@ -434,19 +438,16 @@ def cpu_per_task(report: Report, n: int = 50) -> tuple[float, float]:
         if r["n"] == n and str(r["label"]).startswith("project settings") and used:
             totals.append(sum(used.values()) / n)
             pods.append(used.get(PODS, float("nan")) / n)
-    return median_of(totals), median_of(pods)
-
-
-def median_of(values: list[float]) -> float:
-    return Figure("", "", "", values).value
+    return median(totals), median(pods)
 
 
 def machine_comparison(report: Report, docs: Path) -> list[str]:
     """This run's targeted figures and CPU per task next to earlier full runs of the bench on
     other kinds of machine (docs/benchmarks-machine-*.json): what the machine alone changes."""
-    earlier = [load(path) for path in sorted(docs.glob(MACHINE_FILES))]
-    if not earlier:
+    paths = sorted(docs.glob(MACHINE_FILES))
+    if not paths:
         return []
+    earlier = [load(path) for path in paths]
     runs = [report, *earlier]
     header = ["figure"] + [
         ("this run: " if r is report else "")
@@ -467,7 +468,7 @@ def machine_comparison(report: Report, docs: Path) -> list[str]:
     per_task = [cpu_per_task(r) for r in runs]
     rows.append(["CPU s per task, 50 tasks, all containers", *(f"{t:.2f}" for t, _ in per_task)])
     rows.append(["CPU s per task, 50 tasks, the worker pods", *(f"{p:.2f}" for _, p in per_task)])
-    names = ", ".join(f"[{p.name}]({p.name})" for p in sorted(docs.glob(MACHINE_FILES)))
+    names = ", ".join(f"[{p.name}]({p.name})" for p in paths)
     return [
         "",
         "## The same bench on another kind of machine",
