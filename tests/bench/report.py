@@ -386,11 +386,7 @@ def experiments_section(report: Report) -> list[str]:
         "Each change ran right after a run with the project's settings (its pair, in the scaling "
         "table above), so both saw the machine in the same state."
     )
-    walls = [
-        float(r["wall_s"])
-        for r in report.scaling
-        if r["n"] == 50 and str(r["label"]).startswith("project settings")
-    ]
+    walls = [float(r["wall_s"]) for r in project_runs(report, 50)]
     spread = (max(walls) - min(walls)) / min(walls) * 100 if len(walls) > 1 else None
     if spread is not None:
         out.append(
@@ -432,13 +428,19 @@ def load(path: Path) -> Report:
 def cpu_per_task(report: Report, n: int = 50) -> tuple[float, float]:
     """CPU seconds per task of the N-task runs with the project's settings (median over them):
     (all containers, the worker pods alone); NaN without counters."""
-    totals, pods = [], []
-    for r in report.scaling:
-        used = r.get("cpu_s") or {}
-        if r["n"] == n and str(r["label"]).startswith("project settings") and used:
-            totals.append(sum(used.values()) / n)
-            pods.append(used.get(PODS, float("nan")) / n)
-    return median(totals), median(pods)
+    counted = [r["cpu_s"] for r in project_runs(report, n) if r.get("cpu_s")]
+    return (
+        median([sum(used.values()) / n for used in counted]),
+        median([used.get(PODS, float("nan")) / n for used in counted]),
+    )
+
+
+def project_runs(report: Report, n: int) -> list[dict[str, Any]]:
+    """The runs of N tasks with the project's settings: the scaling run and the experiments'
+    paired runs."""
+    return [
+        r for r in report.scaling if r["n"] == n and str(r["label"]).startswith("project settings")
+    ]
 
 
 def machine_comparison(report: Report, docs: Path) -> list[str]:
