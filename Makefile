@@ -3,6 +3,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make up VERBOSE=1`: every docker, compose and kubectl command a task runs is printed first.
+ifdef VERBOSE
+export AIRFLOW_K3S_VERBOSE := $(VERBOSE)
+endif
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@test -x $(BIN)/uv || { echo "==> creating $(VENV)"; $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q uv==0.13.9; }

@@ -3,15 +3,15 @@
 Tasks, in the order a user meets them: secrets, doctor, up, settings, status, demo, trigger-dag,
 parse, pod-yaml, task-test, airflow, logs, pod-logs, kubectl, kubeconfig, build, push, down,
 clean, lock.
-Each parses its arguments, calls the package, and turns its errors into one line and an exit code
-(airflow_k3s/exits.py).
+Each parses its arguments, makes the one Stack object of the invocation (airflow_k3s/boundary.py),
+calls the package, and turns its errors into one line and an exit code (airflow_k3s/exits.py).
+AIRFLOW_K3S_VERBOSE=1 prints every docker, compose and kubectl command a task runs.
 """
 
 from __future__ import annotations
 
 import functools
 import shlex
-import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -20,10 +20,12 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from airflow_k3s import cluster, compose, dags, images, runs, stack
+from airflow_k3s import dag_checks, images, lifecycle, runs, userfiles
 from airflow_k3s import doctor as checks
+from airflow_k3s.boundary import Stack
 from airflow_k3s.exits import ExitCode, UserError
-from airflow_k3s.settings import DEMO_DAG, settings
+from airflow_k3s.settings import DEMO_DAG
+from airflow_k3s.shell import say
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,8 +45,7 @@ def cli(func: Callable[P, R]) -> Callable[P, R]:
                 code=int(ExitCode.USAGE),
             )
         try:
-            with compose.docker_errors():
-                return func(*args, **kwargs)
+            return func(*args, **kwargs)
         except UserError as exc:
             raise Exit(exc.message, code=int(exc.code)) from None
         except httpx.HTTPError as exc:
@@ -57,20 +58,20 @@ def cli(func: Callable[P, R]) -> Callable[P, R]:
 @cli
 def secrets(c: Context) -> None:
     """Generate missing secrets into .env and render the worker Secret (never replaces one)."""
-    stack.ensure_secrets(settings())
+    lifecycle.ensure_secrets(Stack.load().cfg)
 
 
 @task(help={"pull": "also try to pull a pinned upstream image (network)"})
 @cli
 def doctor(c: Context, pull: bool = True) -> None:
     """Check the machine first: Docker, compose, memory, disk, ports, privileges, pulls."""
-    cfg = settings()
-    found = checks.run_checks(cfg, pull)
+    stack = Stack.load()
+    found = checks.run_checks(stack, pull)
     print("\n".join(check.line() for check in found))
     failed = [check.name for check in found if not check.ok]
     if failed:
         raise Exit(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}", code=1)
-    print(f"doctor: ready for IMAGES={cfg.images}")
+    print(f"doctor: ready for IMAGES={stack.cfg.images}")
 
 
 @task(
@@ -82,14 +83,14 @@ def doctor(c: Context, pull: bool = True) -> None:
 @cli
 def up(c: Context, no_build: bool = False, timeout: int = 900) -> None:
     """Generate secrets, build, start and wait until healthy, push the worker image."""
-    stack.up(settings(), build=not no_build, timeout=timeout)
+    lifecycle.up(Stack.load(), build=not no_build, timeout=timeout)
 
 
 @task(name="settings")
 @cli
 def airflow_settings(c: Context) -> None:
     """Apply the connections, variables and pools of airflow/settings.yaml ($AIRFLOW_SETTINGS)."""
-    done = stack.apply_settings(settings())
+    done = lifecycle.apply_settings(Stack.load())
     for kind, names in done.items():
         print(f"{kind}: {', '.join(names)}")
 
@@ -97,17 +98,18 @@ def airflow_settings(c: Context) -> None:
 @task
 @cli
 def status(c: Context) -> None:
-    """Show each service and its health, and the cluster's nodes and pods."""
-    stack.status(settings())
+    """Show each service and its health, and the cluster's nodes and pods (exit 4: not up)."""
+    lifecycle.status(Stack.load())
 
 
 @task(help={"timeout": "seconds to wait for the demo run"})
 @cli
 def demo(c: Context, timeout: int = 600) -> None:
     """Start the stack, run the demo DAG to success and show its pods and its S3 object."""
-    cfg = stack.up(settings(), build=True, timeout=900)
-    run_id = runs.run_dag(cfg, DEMO_DAG, {}, parse_timeout=120, timeout=timeout)
-    runs.show_demo_result(cfg, run_id)
+    stack = Stack.load()
+    lifecycle.up(stack, build=True, timeout=900)
+    run_id = runs.run_dag(stack, DEMO_DAG, {}, parse_timeout=120, timeout=timeout)
+    runs.show_demo_result(stack, run_id)
 
 
 @task(
@@ -131,16 +133,16 @@ def trigger_dag(
 ) -> None:
     """Unpause and trigger a DAG through the REST API; --wait follows it to the end."""
     run_conf = runs.parse_conf(conf)
-    compose.check_docker()
-    print(runs.run_dag(settings(), dag_id, run_conf, parse_timeout, timeout if wait else None))
+    print(runs.run_dag(Stack.load(), dag_id, run_conf, parse_timeout, timeout if wait else None))
 
 
 @task
 @cli
 def parse(c: Context) -> None:
     """Import every DAG file in the worker image (as its pods do); list import errors, file:line."""
-    compose.check_docker()
-    dag_ids, errors = dags.parse_dags(settings())
+    stack = Stack.load()
+    stack.docker.check()
+    dag_ids, errors = dag_checks.parse_dags(stack)
     for error in errors:
         print(error)
     print(f"{len(dag_ids)} DAGs, {len(errors)} file(s) with import errors")
@@ -155,8 +157,7 @@ def parse(c: Context) -> None:
 @cli
 def pod_yaml(c: Context, dag_id: str, task_id: str) -> None:
     """The pod the executor would create for a task (template, config, pod_override), as YAML."""
-    compose.check_docker()
-    print(dags.pod_yaml(settings(), dag_id, task_id), end="")
+    print(dag_checks.pod_yaml(Stack.load(), dag_id, task_id), end="")
 
 
 @task(
@@ -170,8 +171,7 @@ def pod_yaml(c: Context, dag_id: str, task_id: str) -> None:
 @cli
 def task_test(c: Context, dag_id: str, task_id: str, timeout: int = 600) -> None:
     """Run one task once as a pod on the cluster, outside any DAG run, and show its output."""
-    compose.check_docker()
-    code = dags.task_test(settings(), dag_id, task_id, timeout)
+    code = dag_checks.task_test(Stack.load(), dag_id, task_id, timeout)
     if code:
         raise Exit(code=code)
 
@@ -180,10 +180,9 @@ def task_test(c: Context, dag_id: str, task_id: str, timeout: int = 600) -> None
 @cli
 def airflow(c: Context) -> None:
     """The Airflow CLI in the stack: `invoke airflow -- dags list` (its exit code is ours)."""
-    compose.check_docker()
-    cfg = settings()
-    compose.require_running(cfg, "airflow-scheduler")
-    code = compose.passthrough(cfg, "airflow-scheduler", ["airflow", *shlex.split(c.remainder)])
+    stack = Stack.load()
+    stack.require("airflow-scheduler")
+    code = stack.docker.exec_attached("airflow-scheduler", ["airflow", *shlex.split(c.remainder)])
     if code:
         raise Exit(code=code)
 
@@ -198,15 +197,11 @@ def airflow(c: Context) -> None:
 @cli
 def logs(c: Context, service: str = "", follow: bool = False, tail: str = "200") -> None:
     """Print the logs of one service or of all."""
-    compose.check_docker()
-    docker = compose.client(settings())
-    if follow:
-        for _source, line in docker.compose.logs(
-            service or [], follow=True, stream=True, tail=tail
-        ):
-            sys.stdout.write(line.decode(errors="replace"))
-    else:
-        print(docker.compose.logs(service or [], tail=tail))
+    stack = Stack.load()
+    stack.docker.check()
+    code = stack.docker.logs([service] if service else [], tail, follow)
+    if code:
+        raise Exit(code=code)
 
 
 @task(
@@ -229,9 +224,7 @@ def pod_logs(
     tail: int = 200,
 ) -> None:
     """Print a task's worker pod output (kubectl logs), and why a pod did not start."""
-    cfg = settings()
-    cluster.require_kubeconfig(cfg)
-    code = runs.pod_logs(cfg, dag_id, task_id, run_id, try_number, tail)
+    code = runs.pod_logs(Stack.load(), dag_id, task_id, run_id, try_number, tail)
     if code:
         raise Exit(code=code)
 
@@ -240,7 +233,7 @@ def pod_logs(
 @cli
 def kubectl(c: Context) -> None:
     """kubectl against the cluster: `invoke kubectl -- get pods -A` (its exit code is ours)."""
-    code = cluster.passthrough(settings(), shlex.split(c.remainder))
+    code = Stack.load().kube.attach(shlex.split(c.remainder))
     if code:
         raise Exit(code=code)
 
@@ -249,43 +242,41 @@ def kubectl(c: Context) -> None:
 @cli
 def kubeconfig(c: Context, timeout: int = 120) -> None:
     """Rewrite k3s's kubeconfig: a copy for the host and one for containers (.generated/)."""
-    compose.check_docker()
-    host, containers = cluster.refresh_kubeconfigs(settings(), timeout)
-    compose.say(
-        f"kubeconfig for the host: {host} (export KUBECONFIG={host}); containers: {containers}"
-    )
+    host, containers = lifecycle.refresh_kubeconfigs(Stack.load(), timeout)
+    say(f"kubeconfig for the host: {host} (export KUBECONFIG={host}); containers: {containers}")
 
 
 @task(help={"worker_only": "build only the worker image (the DAG-edit loop)"})
 @cli
 def build(c: Context, worker_only: bool = False) -> None:
     """Build (or pull) the service images and build the worker image (DAGs baked in)."""
-    compose.check_docker()
-    images.build_all(settings(), worker_only=worker_only)
+    stack = Stack.load()
+    stack.docker.check()
+    userfiles.check_all(stack.cfg)
+    images.build_all(stack, worker_only=worker_only)
 
 
 @task
 @cli
 def push(c: Context) -> None:
     """Push the worker image to the stack's registry (idempotent); print its digest."""
-    compose.check_docker()
-    cfg = settings()
-    compose.require_running(cfg, "registry")
-    print(images.push_worker(cfg))
+    stack = Stack.load()
+    stack.require("registry")
+    print(images.push_worker(stack))
 
 
 @task(help={"timeout": "seconds to give each container to stop"})
 @cli
 def down(c: Context, timeout: int = 30) -> None:
     """Stop the stack and keep its data (volumes, .env, images)."""
-    stack.down(settings(), timeout)
+    lifecycle.down(Stack.load(), timeout)
 
 
 @task
 @cli
 def clean(c: Context) -> None:
     """Delete the stack: containers, volumes, network, .env secrets and .generated/ (says what)."""
-    stack.clean(settings())
+    lifecycle.clean(Stack.load())
 
 
 @task

@@ -1,4 +1,4 @@
-"""A small client of Airflow's REST API v2 (simple auth manager login), and log rendering."""
+"""A small client of Airflow's REST API v2 (simple auth manager login), and log generated."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from airflow_k3s.exits import ExitCode, UserError
-from airflow_k3s.rendering import ADMIN_USER
+from airflow_k3s.generated import ADMIN_USER
 
 
 class AirflowAPI:

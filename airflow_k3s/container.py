@@ -3,8 +3,8 @@
 The Airflow image installs this package (airflow/Dockerfile). Its entrypoint (airflow/entrypoint.sh)
 waits for k3s's kubeconfig and rewrites it for the container, and writes the simple auth manager's
 passwords file; the one-shot ``airflow-init`` service migrates the database, creates the buckets
-and waits for MockServer. Standard library, PyYAML and (init only) boto3: nothing of the host's
-task library.
+and waits for MockServer. Standard library, PyYAML and (init only) boto3: of the host's task
+library only the runner (shell) and the renderers (generated).
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ import argparse
 import json
 import os
 import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from contextlib import closing
 from pathlib import Path
 
-from airflow_k3s.rendering import (
+from airflow_k3s import shell
+from airflow_k3s.generated import (
     ADMIN_USER,
     SetupError,
     job_health_threshold,
@@ -44,30 +43,37 @@ WORKLOAD_ARGS = [
 
 def wait_for_file(path: Path, timeout: float, what: str, poll: float = 1.0) -> str:
     """Return the non-empty content of ``path``, waiting up to ``timeout`` seconds for it."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def content() -> str:
         try:
             text = path.read_text()
-            if text.strip():
-                return text
         except FileNotFoundError:
-            pass
-        if time.monotonic() >= deadline:
-            raise SetupError(f"{what} ({path}) was not written within {timeout:.0f} s")
-        time.sleep(poll)
+            return ""
+        return text if text.strip() else ""
+
+    def missing() -> SetupError:
+        return SetupError(f"{what} ({path}) was not written within {timeout:.0f} s")
+
+    return shell.poll(what, content, timeout, poll, missing)
 
 
 def wait_http(url: str, method: str, timeout: float) -> None:
     """Wait until ``url`` answers ``method`` with any HTTP status below 400."""
-    deadline = time.monotonic() + timeout
-    while True:
+    last = ""
+
+    def answers() -> bool:
+        nonlocal last
         try:
             urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5).close()
-            return
         except (urllib.error.URLError, OSError) as exc:
-            if time.monotonic() >= deadline:
-                raise SetupError(f"{url} did not answer within {timeout:.0f} s: {exc}") from exc
-            time.sleep(1)
+            last = str(exc)
+            return False
+        return True
+
+    def silent() -> SetupError:
+        return SetupError(f"{url} did not answer within {timeout:.0f} s: {last}")
+
+    shell.poll(url, answers, timeout, 1, silent)
 
 
 def _cmd_kubeconfig(args: argparse.Namespace) -> None:
@@ -86,7 +92,7 @@ def _cmd_init(args: argparse.Namespace) -> None:
     import boto3  # the Airflow image has it (amazon provider)
 
     print("airflow-init: migrating the metadata database", file=sys.stderr)
-    if subprocess.run(["airflow", "db", "migrate"], check=False).returncode != 0:
+    if shell.attach(["airflow", "db", "migrate"]) != 0:
         raise SetupError("`airflow db migrate` failed (its output is above)")
     endpoint = s3_endpoint(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")

@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
-from airflow_k3s import compose
+from airflow_k3s.boundary import Stack
 from airflow_k3s.exits import UserError
-from airflow_k3s.settings import LOCAL_COMPOSE_FILE, LOCAL_DEBIAN_IMAGE, Settings
-from airflow_k3s.stack import port_conflicts, port_taken
+from airflow_k3s.lifecycle import port_conflicts, port_taken
+from airflow_k3s.settings import LOCAL_COMPOSE_FILE, LOCAL_DEBIAN_IMAGE
 
 MIN_MEMORY_GIB = 4.0
 MIN_DISK_GIB = 20.0
@@ -98,11 +98,11 @@ def node_run_options(root: Path) -> list[str]:
     return options
 
 
-def probe_privileges(cfg: Settings, image: str) -> Check:
+def probe_privileges(stack: Stack, image: str) -> Check:
     """Whether the engine grants what the k3s node needs: --privileged (upstream), or the local
     node's explicit capability set (IMAGES=local)."""
-    if cfg.local:
-        ok, why = compose.try_run(image, *node_run_options(cfg.root))
+    if stack.cfg.local:
+        ok, why = stack.docker.try_run(image, *node_run_options(stack.cfg.root))
         return Check(
             "privileged",
             ok,
@@ -111,7 +111,7 @@ def probe_privileges(cfg: Settings, image: str) -> Check:
             if ok
             else f"the engine refuses the local node's capability set ({why})",
         )
-    ok, why = compose.try_run(image, "--privileged")
+    ok, why = stack.docker.try_run(image, "--privileged")
     return Check(
         "privileged",
         ok,
@@ -122,12 +122,12 @@ def probe_privileges(cfg: Settings, image: str) -> Check:
     )
 
 
-def probe_pull(cfg: Settings) -> Check:
+def probe_pull(stack: Stack) -> Check:
     """Whether pinned upstream images can be pulled (else IMAGES=local)."""
-    ok, why = compose.try_pull(PULL_PROBE)
+    ok, why = stack.docker.try_pull(PULL_PROBE)
     if ok:
         return Check("image pulls", True, f"{PULL_PROBE} pulled: IMAGES=upstream works")
-    if cfg.local:
+    if stack.cfg.local:
         return Check(
             "image pulls", True, f"not needed with IMAGES=local (cannot pull {PULL_PROBE}: {why})"
         )
@@ -138,14 +138,15 @@ def probe_pull(cfg: Settings) -> Check:
     )
 
 
-def run_checks(cfg: Settings, pull: bool) -> list[Check]:
+def run_checks(stack: Stack, pull: bool) -> list[Check]:
     """Every check, in the order they are printed."""
+    cfg, docker = stack.cfg, stack.docker
     try:
-        compose.check_docker()
+        docker.check()
     except UserError as exc:
         return [Check("docker", False, exc.message)]
     checks = [Check("docker", True, "engine and compose v2 answer")]
-    info = compose.engine_info()
+    info = docker.engine_info()
     checks.append(
         Check(
             "versions",
@@ -155,15 +156,15 @@ def run_checks(cfg: Settings, pull: bool) -> list[Check]:
     )
     disk = shutil.disk_usage(info.get("root_dir") or "/").free / 1024**3
     checks += check_resources(memory_available_gib(engine_total=info.get("mem_total", "")), disk)
-    conflicts = port_conflicts(cfg, compose.running_services(compose.client(cfg)), port_taken)
+    conflicts = port_conflicts(cfg, docker.running_services(), port_taken)
     listed = ", ".join(f"{cfg.ports[p]}" for p in sorted(cfg.ports))
     checks.append(Check("ports", not conflicts, "; ".join(conflicts) or f"{listed} free or ours"))
     checks.append(check_cgroup(info.get("cgroup", "")))
     probe_image = next(
-        (i for i in (LOCAL_DEBIAN_IMAGE, cfg.airflow_image) if compose.plain().image.exists(i)), ""
+        (i for i in (LOCAL_DEBIAN_IMAGE, cfg.airflow_image) if docker.image_exists(i)), ""
     )
     if probe_image:
-        checks.append(probe_privileges(cfg, probe_image))
+        checks.append(probe_privileges(stack, probe_image))
     else:
         checks.append(
             Check(
@@ -173,5 +174,5 @@ def run_checks(cfg: Settings, pull: bool) -> list[Check]:
             )
         )
     if pull:
-        checks.append(probe_pull(cfg))
+        checks.append(probe_pull(stack))
     return checks

@@ -8,23 +8,18 @@ Go modules (local/node). Either way the worker image is the Airflow image plus t
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from python_on_whales import DockerClient
-from python_on_whales.exceptions import DockerException
-
-from airflow_k3s import compose, userfiles
-from airflow_k3s.compose import say
+from airflow_k3s import shell, userfiles
+from airflow_k3s.boundary import Stack
+from airflow_k3s.docker import Docker
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.settings import (
     LOCAL_DEBIAN_IMAGE,
@@ -32,6 +27,7 @@ from airflow_k3s.settings import (
     Settings,
     node_versions,
 )
+from airflow_k3s.shell import say
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -73,57 +69,19 @@ def pull_specs(config: Mapping[str, Any]) -> list[str]:
     )
 
 
-@functools.cache
-def has_buildx() -> bool:
-    return (
-        subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode
-        == 0
-    )
-
-
 def build_image(
-    docker: DockerClient,
+    docker: Docker,
     context: Path,
     tag: str,
     dockerfile: Path | None = None,
     args: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
 ) -> None:
-    """Build one image with the default builder: BuildKit where buildx exists, else the classic
-    builder. The default builder sees the images of this engine (the worker's base is the local
-    Airflow image), which a buildx builder with the docker-container driver would not."""
+    """Build one image, saying so and how long it took."""
     started = time.monotonic()
     say(f"building {tag}")
-    kwargs: dict[str, Any] = {
-        "tags": [tag],
-        "build_args": dict(args or {}),
-        "labels": dict(labels or {}),
-    }
-    if dockerfile is not None:
-        kwargs["file"] = dockerfile
-    try:
-        if has_buildx():
-            docker.build(context, load=True, builder="default", **kwargs)
-        else:
-            docker.legacy_build(context, **kwargs)
-    except DockerException as exc:
-        detail = ((exc.stdout or "") + "\n" + (exc.stderr or str(exc))).strip().splitlines()
-        print("\n".join(f"    {line}" for line in detail[-30:]), file=sys.stderr)
-        raise UserError(
-            f"building {tag} failed: {detail[-1] if detail else exc}{hint(detail)}"
-        ) from None
+    docker.build(context, tag, dockerfile, args, labels)
     say(f"built {tag} in {time.monotonic() - started:.1f} s")
-
-
-def hint(output: list[str]) -> str:
-    """What to try when a build that downloads packages fails."""
-    text = "\n".join(output[-40:])
-    if any(word in text for word in ("pip install", "curl ", "go mod download", "CERTIFICATE")):
-        return (
-            " (a download failed: behind a TLS-inspecting proxy, point EXTRA_CA_BUNDLE at its CA "
-            "bundle; the end of the build's output is above)"
-        )
-    return ""
 
 
 def sync_extra_ca(cfg: Settings) -> None:
@@ -143,19 +101,17 @@ def sync_extra_ca(cfg: Settings) -> None:
 # --------------------------------------------------------------------------- IMAGES=upstream
 
 
-def pull_upstream(cfg: Settings, config: Mapping[str, Any]) -> None:
+def pull_upstream(docker: Docker, config: Mapping[str, Any]) -> None:
     """Pull the pinned images not here yet; where pulls are impossible, name IMAGES=local."""
-    docker = compose.plain()
     for image in pull_specs(config):
-        if docker.image.exists(image):
+        if docker.image_exists(image):
             continue
         say(f"pulling {image}")
         try:
-            docker.image.pull(image, quiet=True)
-        except DockerException as exc:
-            lines = (exc.stderr or str(exc)).strip().splitlines() or ["refused"]
+            docker.pull(image)
+        except shell.CommandFailed as exc:
             raise UserError(
-                f"cannot pull {image} ({lines[-1][-160:]}): this machine cannot pull the pinned "
+                f"cannot pull {image} ({exc.why[-160:]}): this machine cannot pull the pinned "
                 "upstream images; run with IMAGES=local, which builds every image here from "
                 "packages (README, 'Image sources')",
                 ExitCode.NO_PULL,
@@ -165,9 +121,9 @@ def pull_upstream(cfg: Settings, config: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- IMAGES=local
 
 
-def ensure_local_bases(docker: DockerClient, cfg: Settings) -> None:
+def ensure_local_bases(docker: Docker, cfg: Settings) -> None:
     """IMAGES=local: a Debian base made once with debootstrap, and a python3 base on it."""
-    if not docker.image.exists(LOCAL_DEBIAN_IMAGE):
+    if not docker.image_exists(LOCAL_DEBIAN_IMAGE):
         if shutil.which("debootstrap") is None:
             raise UserError(
                 "IMAGES=local needs debootstrap to make the Debian base image: "
@@ -182,12 +138,11 @@ def ensure_local_bases(docker: DockerClient, cfg: Settings) -> None:
             )
         say(f"making {LOCAL_DEBIAN_IMAGE} with debootstrap (once, about a minute)")
         with tempfile.TemporaryDirectory(prefix="airflow-k3s-rootfs-") as rootfs:
-            subprocess.run(
+            shell.run(
                 ["debootstrap", "--variant=minbase", DEBIAN_SUITE, rootfs, DEBIAN_MIRROR],
-                check=True,
-                stdout=subprocess.DEVNULL,
+                what="debootstrap of the Debian base",
             )
-            compose.import_rootfs(Path(rootfs), LOCAL_DEBIAN_IMAGE)
+            docker.import_rootfs(Path(rootfs), LOCAL_DEBIAN_IMAGE)
     # Built every time: Docker's layer cache makes that a no-op unless python.Dockerfile changed.
     images = cfg.root / "local" / "images"
     build_image(
@@ -208,7 +163,7 @@ def node_source_hash(node_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def ensure_node_image(docker: DockerClient, cfg: Settings, tag: str) -> None:
+def ensure_node_image(docker: Docker, cfg: Settings, tag: str) -> None:
     """IMAGES=local: the Kubernetes node image (local/node), rebuilt only when its sources change.
 
     build.sh runs in the Go builder image with the module and build caches in a volume, so a
@@ -216,10 +171,8 @@ def ensure_node_image(docker: DockerClient, cfg: Settings, tag: str) -> None:
     """
     node_dir = cfg.root / "local" / "node"
     source = node_source_hash(node_dir)
-    if docker.image.exists(tag):
-        labels = docker.image.inspect(tag).config.labels or {}
-        if labels.get(NODE_SOURCE_LABEL) == source:
-            return
+    if docker.image_exists(tag) and docker.image_labels(tag).get(NODE_SOURCE_LABEL) == source:
+        return
     versions = node_versions(cfg.root)
     builder = f"airflow-k3s/go:{versions['GO_VERSION']}-local"
     build_image(
@@ -237,7 +190,7 @@ def ensure_node_image(docker: DockerClient, cfg: Settings, tag: str) -> None:
         f"modules (cold: about 10 min on 2 cores; caches in volume {GO_CACHE_VOLUME})"
     )
     started = time.monotonic()
-    compose.run_streaming(
+    docker.run_streaming(
         builder,
         ["sh", "/src/build.sh", "/out"],
         volumes=[(GO_CACHE_VOLUME, "/cache", "rw"), (node_dir, "/src", "ro"), (out, "/out", "rw")],
@@ -256,18 +209,18 @@ def ensure_node_image(docker: DockerClient, cfg: Settings, tag: str) -> None:
 # --------------------------------------------------------------------------- all of them
 
 
-def build_all(cfg: Settings, worker_only: bool = False) -> None:
-    """Build (or pull) the service images, once each, then the worker image."""
-    docker = compose.client(cfg)
-    userfiles.check_all(cfg)
+def build_all(stack: Stack, worker_only: bool = False) -> None:
+    """Build (or pull) the service images, once each, then the worker image (the user's files
+    have been checked: userfiles.check_all)."""
+    cfg, docker = stack.cfg, stack.docker
     sync_extra_ca(cfg)
     if not worker_only:
         if cfg.local:
             ensure_local_bases(docker, cfg)
             ensure_node_image(docker, cfg, cfg.service_images["k3s"])
-        config = docker.compose.config(return_json=True)
+        config = docker.config()
         if not cfg.local:
-            pull_upstream(cfg, config)
+            pull_upstream(docker, config)
         active = set(config.get("services", {}))
         for tag, spec in build_specs(config, active).items():
             context = Path(spec["context"])
@@ -276,28 +229,23 @@ def build_all(cfg: Settings, worker_only: bool = False) -> None:
     build_worker(cfg, docker)
 
 
-def build_worker(cfg: Settings, docker: DockerClient) -> None:
+def build_worker(cfg: Settings, docker: Docker) -> None:
     """The worker image: the Airflow image (or the user's $WORKER_BASE_IMAGE), the user's extra
     requirements, and the DAGs folder baked in as the last layer."""
-    userfiles.check_dags_dir(cfg.dags_dir)
-    userfiles.check_requirements(cfg.worker_requirements)
     context = userfiles.worker_context(cfg)
     if cfg.worker_base_image:
-        userfiles.check_worker_base(cfg.worker_base_image)
+        userfiles.check_worker_base(docker, cfg.worker_base_image)
         dockerfile, args = "byo.Dockerfile", {"WORKER_BASE_IMAGE": cfg.worker_base_image}
     else:
         dockerfile, args = "Dockerfile", {"AIRFLOW_IMAGE": cfg.airflow_image}
     build_image(docker, context, cfg.worker_image, cfg.root / "worker" / dockerfile, args)
 
 
-def push_worker(cfg: Settings) -> str:
+def push_worker(stack: Stack) -> str:
     """Push the worker image to the stack's registry; return its repo digest."""
-    docker = compose.client(cfg)
+    cfg = stack.cfg
     say(f"pushing {cfg.worker_image}")
     started = time.monotonic()
-    docker.image.push(cfg.worker_image, quiet=True)
-    digests = docker.image.inspect(cfg.worker_image).repo_digests
-    repo = cfg.worker_image.rsplit(":", 1)[0]
-    digest = next((d.split("@", 1)[1] for d in digests if d.startswith(repo + "@")), "")
+    digest = stack.docker.push(cfg.worker_image)
     say(f"pushed {cfg.worker_image} ({digest}) in {time.monotonic() - started:.1f} s")
     return digest

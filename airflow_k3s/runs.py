@@ -5,18 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
-from airflow_k3s import cluster, compose, dags
+from airflow_k3s import cluster, dag_checks, shell
 from airflow_k3s.airflow_api import AirflowAPI, map_index, render_pod_line
-from airflow_k3s.compose import say
+from airflow_k3s.boundary import Stack
 from airflow_k3s.exits import ExitCode, UserError
-from airflow_k3s.settings import DEMO_DAG, Settings
+from airflow_k3s.settings import DEMO_DAG
+from airflow_k3s.shell import say
 
 
 def parse_conf(conf: str) -> dict[str, Any]:
@@ -63,45 +63,64 @@ def progress(tis: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     return shown
 
 
-def api(cfg: Settings) -> AirflowAPI:
-    """A logged-in client of the running stack's API."""
-    compose.require_running(cfg)
-    return AirflowAPI(cfg.airflow_url, cfg.secrets.get("AIRFLOW_ADMIN_PASSWORD", ""))
-
-
 POLL_SECONDS = 1.0
 """How often ``follow_run`` asks the API for the run's state: one small request (the run and its
 task instances), so the run's end is seen within a second."""
 
 
-def follow_run(cfg: Settings, client: AirflowAPI, dag_id: str, run_id: str, timeout: float) -> str:
-    """Print task state changes until the run ends; on failure print logs and pod diagnostics."""
-    deadline = time.monotonic() + timeout
+def passing_outage(exc: httpx.HTTPError) -> bool:
+    """Whether an API error is one that waiting mends: the API server restarting (connection
+    refused or reset, a timeout) or failing for a moment (5xx while its database restarts)."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500
+
+
+def follow_run(stack: Stack, client: AirflowAPI, dag_id: str, run_id: str, timeout: float) -> str:
+    """Print task state changes until the run ends, riding out API outages (the run goes on
+    without the API); on failure print logs and pod diagnostics. The run's final state."""
     seen: dict[str, str] = {}
-    while True:
-        state, tis = client.run_state(dag_id, run_id)
+    tis: dict[str, dict[str, Any]] = {}
+    outage = False
+
+    def ended() -> str:
+        nonlocal seen, tis, outage
+        try:
+            state, tis = client.run_state(dag_id, run_id)
+        except httpx.HTTPError as exc:
+            if not passing_outage(exc):
+                raise
+            if not outage:
+                say(f"waiting for the Airflow API ({str(exc).splitlines()[0]}); the run goes on")
+            outage = True
+            return ""
+        if outage:
+            say("the Airflow API answers again")
+            outage = False
         now = progress(tis)
         for line in state_changes(seen, now):
             say(line)
         seen = now
-        if state in ("success", "failed"):
-            break
-        if time.monotonic() > deadline:
-            print_failures(cfg, client, dag_id, run_id, tis, only_failed=False)
-            raise UserError(
-                f"timed out after {timeout:.0f} s waiting for {dag_id} run {run_id} "
-                f"(still {state}); see `invoke status` and the UI at {cfg.airflow_url}",
-                ExitCode.TIMEOUT,
-            )
-        time.sleep(POLL_SECONDS)
+        return state if state in ("success", "failed") else ""
+
+    def timed_out() -> UserError:
+        print_failures(stack, client, dag_id, run_id, tis, only_failed=False)
+        return UserError(
+            f"timed out after {timeout:.0f} s waiting for {dag_id} run {run_id}"
+            f"{' (the API did not answer)' if outage else ''}; see `invoke status` and the UI at "
+            f"{stack.cfg.airflow_url}",
+            ExitCode.TIMEOUT,
+        )
+
+    state = shell.poll(f"{dag_id} run {run_id}", ended, timeout, POLL_SECONDS, timed_out)
     say(f"run {run_id} of {dag_id} ended: {state}")
     if state != "success":
-        print_failures(cfg, client, dag_id, run_id, tis)
+        print_failures(stack, client, dag_id, run_id, tis)
     return state
 
 
 def print_failures(
-    cfg: Settings,
+    stack: Stack,
     client: AirflowAPI,
     dag_id: str,
     run_id: str,
@@ -119,7 +138,7 @@ def print_failures(
         if not ti.get("start_date"):
             # The task never ran: no log to read; the executor may say why its pod was refused.
             refusal = executor_refusal(
-                compose.service_log(cfg, "airflow-scheduler"), dag_id, task_id, run_id
+                stack.docker.service_log("airflow-scheduler"), dag_id, task_id, run_id
             )
             if refusal:
                 print(
@@ -133,7 +152,7 @@ def print_failures(
             except httpx.HTTPError as exc:
                 log = f"(task log not readable through the API: {exc})"
             print(log, file=sys.stderr)
-        cluster.print_pod_diagnostics(cfg, cluster.pod_selector(dag_id, task_id, run_id))
+        stack.kube.print_pod_diagnostics(cluster.pod_selector(dag_id, task_id, run_id))
 
 
 def executor_refusal(scheduler_log: str, dag_id: str, task_id: str, run_id: str) -> str:
@@ -157,10 +176,10 @@ def executor_refusal(scheduler_log: str, dag_id: str, task_id: str, run_id: str)
 
 
 def run_dag(
-    cfg: Settings, dag_id: str, conf: Mapping[str, Any], parse_timeout: float, timeout: float | None
+    stack: Stack, dag_id: str, conf: Mapping[str, Any], parse_timeout: float, timeout: float | None
 ) -> str:
     """Trigger ``dag_id``; with a ``timeout``, follow the run: fail unless it succeeds."""
-    client = api(cfg)
+    client = stack.api()
     try:
         client.find_dag(dag_id, parse_timeout)
     except UserError as exc:
@@ -168,7 +187,7 @@ def run_dag(
             raise
         # The dag-processor names no broken file: import the files as a pod would, in the worker
         # image (a file that imports here but not there is named so).
-        _, errors = dags.parse_dags(cfg)
+        _, errors = dag_checks.parse_dags(stack)
         if errors:
             lines = "; ".join(map(str, errors))
             raise UserError(f"{exc.message}; in the worker image: {lines}", exc.code) from None
@@ -176,42 +195,35 @@ def run_dag(
     run_id = client.trigger(dag_id, conf)
     say(f"triggered {dag_id}: run {run_id}")
     if timeout is not None:
-        state = follow_run(cfg, client, dag_id, run_id, timeout)
+        state = follow_run(stack, client, dag_id, run_id, timeout)
         if state != "success":
             raise UserError(f"{dag_id} run {run_id} ended {state} (log above)")
     return run_id
 
 
-def show_demo_result(cfg: Settings, run_id: str) -> None:
+def show_demo_result(stack: Stack, run_id: str) -> None:
     """The demo run's pods and the S3 object it wrote (named by verify's return value)."""
     print(f"\nPods of {DEMO_DAG} (one per task):")
-    cluster.show_pods(cfg, cluster.pod_selector(DEMO_DAG, run_id=run_id))
-    import boto3
-
-    summary = api(cfg).xcom(DEMO_DAG, run_id, "verify")
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=cfg.s3_url,
-        region_name="us-east-1",
-        aws_access_key_id=cfg.secrets["S3_ACCESS_KEY"],
-        aws_secret_access_key=cfg.secrets["S3_SECRET_KEY"],
-    )
-    body = s3.get_object(Bucket=summary["bucket"], Key=summary["key"])["Body"].read()
+    stack.kube.show_pods(cluster.pod_selector(DEMO_DAG, run_id=run_id))
+    summary = stack.api().xcom(DEMO_DAG, run_id, "verify")
+    body = stack.s3().get_object(Bucket=summary["bucket"], Key=summary["key"])["Body"].read()
     orders = json.loads(body).get("orders", [])
     print(
         f"\nS3 object: s3://{summary['bucket']}/{summary['key']}  {len(body)} bytes, "
         f"{len(orders)} orders, sha256 {hashlib.sha256(body).hexdigest()[:16]}…"
     )
-    print(f"UI: {cfg.airflow_url}/dags/{DEMO_DAG}")
+    print(f"UI: {stack.cfg.airflow_url}/dags/{DEMO_DAG}")
 
 
 def pod_logs(
-    cfg: Settings, dag_id: str, task_id: str, run_id: str, try_number: int, tail: int
+    stack: Stack, dag_id: str, task_id: str, run_id: str, try_number: int, tail: int
 ) -> int:
     """A task's worker pod output (kubectl logs), oldest try first; for a pod that never started,
     why. Returns kubectl's exit code."""
     selector = cluster.pod_selector(dag_id, task_id, run_id, try_number)
-    pods = cluster.worker_pods(cfg, selector)
+    kube = stack.kube
+    kube.require_kubeconfig()
+    pods = kube.worker_pods(selector)
     if pods and not run_id:  # the newest run only
         newest = pods[-1]["metadata"]["labels"].get("run_id")
         pods = [p for p in pods if p["metadata"]["labels"].get("run_id") == newest]
@@ -230,8 +242,8 @@ def pod_logs(
             f"{meta['labels'].get('try_number')}, {pod['status'].get('phase')})"
             + (f": {problem}" if problem else "")
         )
-        result = cluster.kubectl(
-            cfg, "logs", "-n", cluster.NAMESPACE, meta["name"], f"--tail={tail}", check=False
+        result = kube.run(
+            "logs", "-n", cluster.NAMESPACE, meta["name"], f"--tail={tail}", check=False
         )
         for line in result.stdout.splitlines():
             print(render_pod_line(line))

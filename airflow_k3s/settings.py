@@ -18,7 +18,7 @@ from typing import Any, overload
 import yaml
 
 from airflow_k3s.exits import ExitCode, UserError
-from airflow_k3s.rendering import SECRET_KEYS, parse_env_file
+from airflow_k3s.generated import SECRET_KEYS, parse_env_file
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = "docker-compose.yml"
@@ -26,6 +26,14 @@ LOCAL_COMPOSE_FILE = "local/compose.local.yml"
 NODE_VERSIONS_FILE = "local/node/versions.env"
 IMAGE_SOURCES = ("upstream", "local")
 DEMO_DAG = "demo_rest_to_s3"
+#: Where hosts keep the CA bundle they trust (Debian/Ubuntu, Fedora/RHEL, macOS/Alpine): image
+#: builds use the first that exists unless EXTRA_CA_BUNDLE names another, or `none`.
+HOST_CA_BUNDLES = (
+    Path("/etc/ssl/certs/ca-certificates.crt"),
+    Path("/etc/pki/tls/certs/ca-bundle.crt"),
+    Path("/etc/ssl/cert.pem"),
+)
+NO_CA_BUNDLE = "none"
 
 #: "${NAME:-default}" in a compose value.
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+):-(?P<default>[^}]*)\}")
@@ -106,6 +114,16 @@ def _path(value: str | None, default: Path | None) -> Path | None:
     return Path(value).expanduser().resolve() if value else default
 
 
+def ca_bundle(value: str | None, candidates: tuple[Path, ...] = HOST_CA_BUNDLES) -> str:
+    """The CA bundle image builds add: $EXTRA_CA_BUNDLE, none with `none`, else the host's own
+    (a TLS-inspecting proxy the host trusts is then trusted by the builds too)."""
+    if value and value.strip().lower() == NO_CA_BUNDLE:
+        return ""
+    if value:
+        return str(_path(value, None))
+    return next((str(p) for p in candidates if p.is_file() and p.stat().st_size), "")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, read once from the environment and the generated .env."""
@@ -113,6 +131,7 @@ class Settings:
     images: str = "upstream"
     project: str = "airflow-k3s"
     ports: Mapping[str, int] = field(default_factory=dict)
+    #: The CA bundle added to image builds ('' for none): see ca_bundle().
     extra_ca_bundle: str = ""
     secrets: Mapping[str, str] = field(default_factory=dict)
     root: Path = ROOT
@@ -129,6 +148,8 @@ class Settings:
     worker_base_image: str = ""
     worker_requirements: Path | None = None
     pod_template: Path = ROOT / "airflow" / "pod_template.yaml"
+    #: The Airflow configuration of every service and worker pod ($AIRFLOW_ENV_FILE).
+    airflow_env_file: Path = ROOT / "airflow" / "airflow.env"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, root: Path = ROOT) -> Settings:
@@ -153,7 +174,7 @@ class Settings:
             images=images,
             project=merged.get("COMPOSE_PROJECT_NAME", "airflow-k3s"),
             ports=ports,
-            extra_ca_bundle=merged.get("EXTRA_CA_BUNDLE", ""),
+            extra_ca_bundle=ca_bundle(merged.get("EXTRA_CA_BUNDLE")),
             # compose lets a shell variable beat .env; so do we.
             secrets={k: merged[k] for k in SECRET_KEYS if k in merged},
             root=root,
@@ -165,7 +186,21 @@ class Settings:
             worker_base_image=merged.get("WORKER_BASE_IMAGE", ""),
             worker_requirements=_path(merged.get("WORKER_REQUIREMENTS"), None),
             pod_template=_path(merged.get("POD_TEMPLATE"), root / "airflow" / "pod_template.yaml"),
+            airflow_env_file=_path(
+                merged.get("AIRFLOW_ENV_FILE"), root / "airflow" / "airflow.env"
+            ),
         )
+
+    @functools.cached_property
+    def airflow_env(self) -> dict[str, str]:
+        """airflow/airflow.env ($AIRFLOW_ENV_FILE): the Airflow configuration of every service
+        and worker pod."""
+        try:
+            return parse_env_file(self.airflow_env_file.read_text())
+        except FileNotFoundError:
+            raise UserError(
+                f"AIRFLOW_ENV_FILE={self.airflow_env_file}: no such file", ExitCode.USAGE
+            ) from None
 
     @property
     def local(self) -> bool:
@@ -204,6 +239,7 @@ class Settings:
             "AIRFLOW_IMAGE": self.airflow_image,
             "DAGS_DIR": str(self.dags_dir),
             "POD_TEMPLATE": str(self.pod_template),
+            "AIRFLOW_ENV_FILE": str(self.airflow_env_file),
         }
         if self.local:
             env["PYTHON_BASE_IMAGE"] = LOCAL_PYTHON_IMAGE

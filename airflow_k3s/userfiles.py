@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from airflow_k3s import compose
+from airflow_k3s.docker import Docker
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.settings import Settings, k3s_kubernetes_version
 
@@ -66,6 +66,7 @@ def check_pod_template(path: Path, version: str) -> None:
 
 def check_all(cfg: Settings) -> None:
     """Every user file the stack will use, before the first build or start."""
+    _ = cfg.airflow_env  # read (and checked) once
     check_dags_dir(cfg.dags_dir)
     check_requirements(cfg.worker_requirements)
     check_pod_template(cfg.pod_template, ".".join(k3s_kubernetes_version(cfg.root).split(".")[:2]))
@@ -84,10 +85,10 @@ def worker_context(cfg: Settings) -> Path:
     return context
 
 
-def check_worker_base(image: str) -> None:
+def check_worker_base(docker: Docker, image: str) -> None:
     """The user's base image must carry the cncf.kubernetes provider (pods run the task with it)."""
     probe = "import airflow.providers.cncf.kubernetes, airflow.sdk"
-    ok, why = compose.try_python(image, probe)
+    ok, why = docker.try_python(image, probe)
     if not ok:
         raise UserError(
             f"WORKER_BASE_IMAGE={image} cannot run worker pods: `python -c '{probe}'` failed in "

@@ -8,11 +8,9 @@ with AIRFLOW_K3S_SKIP_DOCKER_TESTS=1 (then they skip, saying so loudly).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,13 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from python_on_whales import DockerClient
 
-from airflow_k3s import compose
+from airflow_k3s import shell
 from airflow_k3s.airflow_api import AirflowAPI
+from airflow_k3s.boundary import Stack as Boundary
+from airflow_k3s.cluster import Kubectl
+from airflow_k3s.docker import Docker
+from airflow_k3s.exits import UserError
 from airflow_k3s.settings import ROOT, Settings, published_ports
+from airflow_k3s.userfiles import IGNORED
 
 SERVICES = {
     "postgres",
@@ -49,12 +50,11 @@ DEMO_TASKS = {"fetch", "upload", "verify"}
 
 def require_docker() -> None:
     """Fail loudly (or skip, if explicitly asked) when no Docker engine answers."""
-    docker = shutil.which("docker")
-    if (
-        docker
-        and subprocess.run([docker, "info"], capture_output=True, check=False).returncode == 0
-    ):
+    try:
+        Docker(Settings()).check()
         return
+    except UserError:
+        pass
     if os.environ.get("AIRFLOW_K3S_SKIP_DOCKER_TESTS") == "1":
         pytest.skip(
             "NO DOCKER ENGINE: the stack tier did NOT run (AIRFLOW_K3S_SKIP_DOCKER_TESTS=1)"
@@ -74,7 +74,8 @@ def free_port() -> int:
 
 @dataclass
 class Stack:
-    """A running stack of one compose project, and ways to look into it."""
+    """A running stack of one compose project, and ways to look into it: the package's own
+    boundary (airflow_k3s.boundary.Stack) with this stack's environment."""
 
     images: str
     project: str
@@ -83,22 +84,49 @@ class Stack:
 
     @property
     def settings(self) -> Settings:
+        """The settings as they are now (`invoke up` writes .env after the stack is made)."""
         return Settings.load(environ=self.env)
 
-    def invoke(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    @property
+    def boundary(self) -> Boundary:
+        return Boundary.load(self.env)
+
+    @property
+    def docker(self) -> Docker:
+        """Docker and the stack's compose project, as the package runs them."""
+        return self.boundary.docker
+
+    @property
+    def dags_dir(self) -> Path:
+        """The stack's DAGs folder (a copy of the repo's, see dags_copy)."""
+        return self.settings.dags_dir
+
+    @property
+    def kube(self) -> Kubectl:
+        return self.boundary.kube
+
+    def compose_config(self, images: str) -> dict[str, Any]:
+        """`docker compose config` as the task library runs compose for ``images``."""
+        return Boundary.load({**self.env, "IMAGES": images}).docker.config()
+
+    def container(self, service: str) -> dict[str, Any]:
+        """`docker inspect` of a service's container."""
+        docker = self.docker
+        name = next(str(c["Name"]) for c in docker.containers(service))
+        return docker.inspect("container", name)
+
+    def invoke(self, *args: str, timeout: float = 900) -> shell.Result:
         """Run a task of the task library as a user would; echo its output for the test log."""
-        result = subprocess.run(
-            [sys.executable, "-m", "invoke", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        command = [sys.executable, "-m", "invoke", *args]
+        result = shell.run(command, check=False, cwd=ROOT, env=self.env, timeout=timeout)
         print(f"$ invoke {' '.join(args)}  -> exit {result.returncode}")
         print(result.stdout[-4000:], result.stderr[-8000:], sep="\n")
         return result
+
+    def start_invoke(self, *args: str) -> Any:
+        """Start a task of the task library in the background (a Popen: communicate() waits)."""
+        print(f"$ invoke {' '.join(args)} &")
+        return shell.start([sys.executable, "-m", "invoke", *args], env=self.env, cwd=ROOT)
 
     def push(self) -> str:
         """`invoke push` (idempotent): the digest the registry holds for the worker image."""
@@ -118,40 +146,20 @@ class Stack:
         assert "ended: success" in result.stderr
         return result.stdout.strip().splitlines()[-1]
 
-    def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """kubectl against the stack's cluster (the host's kubeconfig copy)."""
-        cfg = self.settings
-        kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"
-        return subprocess.run(
-            [kubectl, "--kubeconfig", str(cfg.host_kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
+    def kubectl(self, *args: str) -> shell.Result:
+        """kubectl against the stack's cluster (the host's kubeconfig copy), unchecked."""
+        return self.kube.run(*args, check=False, timeout=120)
 
     def kubectl_json(self, *args: str) -> Any:
-        result = self.kubectl(*args, "-o", "json")
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+        return self.kube.json(*args)
 
     def pods(self, selector: str) -> list[dict[str, Any]]:
         """Pods of the default namespace matching a label selector, oldest first."""
         items: list[dict[str, Any]] = self.kubectl_json("get", "pods", "-l", selector)["items"]
         return sorted(items, key=lambda p: str(p["metadata"]["creationTimestamp"]))
 
-    def docker(self) -> DockerClient:
-        return compose.client(self.settings)
-
     def s3(self) -> Any:
-        cfg = self.settings
-        return boto3.client(
-            "s3",
-            endpoint_url=cfg.s3_url,
-            region_name="us-east-1",
-            aws_access_key_id=cfg.secrets["S3_ACCESS_KEY"],
-            aws_secret_access_key=cfg.secrets["S3_SECRET_KEY"],
-        )
+        return self.boundary.s3()
 
     def s3_object(self, bucket: str, key: str, timeout: float = 60) -> bytes:
         """An object's bytes, waiting for it: a worker uploads its task log after the task's state
@@ -167,20 +175,17 @@ class Stack:
                 time.sleep(1)
 
     def api(self) -> AirflowAPI:
-        cfg = self.settings
-        return AirflowAPI(cfg.airflow_url, cfg.secrets["AIRFLOW_ADMIN_PASSWORD"])
+        """A client logged in anew (a test may have changed the password or restarted the API)."""
+        return self.boundary.api()
 
     def leftovers(self) -> list[str]:
         """Containers, networks and volumes of this project that still exist."""
-        docker = DockerClient()
-        label = f"com.docker.compose.project={self.project}"
-        found = [
-            f"container {c.name}"
-            for c in docker.container.list(all=True, filters=[("label", label)])
+        docker = self.docker
+        return [
+            f"{kind} {name}"
+            for kind in ("container", "network", "volume")
+            for name in docker.project_objects(kind)
         ]
-        found += [f"network {n.name}" for n in docker.network.list(filters=[("label", label)])]
-        found += [f"volume {v.name}" for v in docker.volume.list(filters=[("label", label)])]
-        return found
 
     def dump_diagnostics(self) -> None:
         print("=" * 30, f"diagnostics of project {self.project}", "=" * 30)
@@ -194,13 +199,25 @@ class Stack:
             print(f"$ kubectl {' '.join(args)}\n{result.stdout[-12000:]}{result.stderr[-2000:]}")
 
 
+def dags_copy(project: str) -> Path:
+    """A copy of the repo's DAGs folder for a test stack (DAGS_DIR): tests add and remove DAG
+    files there, never in the checkout. Readable by the Airflow containers' user (50000)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{project}-dags-"))
+    os.chmod(folder, 0o755)
+    shutil.copytree(
+        ROOT / "dags", folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*IGNORED)
+    )
+    return folder
+
+
 def stack_env(images: str, project: str, state_dir: Path) -> dict[str, str]:
-    """The environment of a test stack: its own project, state dir and free ports."""
+    """The environment of a test stack: its own project, state dir, DAGs folder and free ports."""
     env = {
         **os.environ,
         "IMAGES": images,
         "COMPOSE_PROJECT_NAME": project,
         "AIRFLOW_K3S_STATE_DIR": str(state_dir),
+        "DAGS_DIR": str(dags_copy(project)),
     }
     for port in published_ports():
         env[port.variable] = str(free_port())
@@ -234,6 +251,7 @@ def running_stack(request: pytest.FixtureRequest, images: str) -> Iterator[Stack
         if os.environ.get("AIRFLOW_K3S_KEEP_STACK") == "1":
             print(f"AIRFLOW_K3S_KEEP_STACK=1: keeping project {project} (state in {state_dir})")
         else:
+            shutil.rmtree(stack.env["DAGS_DIR"], ignore_errors=True)
             clean = stack.invoke("clean", timeout=300)
             left = stack.leftovers()
             assert clean.returncode == 0, clean.stderr

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from airflow_k3s import compose, runs
+from airflow_k3s import runs, shell
 from airflow_k3s.settings import ROOT, Settings
 from tests.bench import measure
 from tests.bench.measure import Sampler, task_timings, timed
@@ -65,7 +64,7 @@ class Floor:
 
 def machine_meta(cfg: Settings) -> dict[str, Any]:
     def out(*cmd: str) -> str:
-        return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
+        return shell.run(cmd, check=False).stdout.strip()
 
     cpu = next(
         (
@@ -104,9 +103,7 @@ def machine_meta(cfg: Settings) -> dict[str, Any]:
 def executor_settings(cfg: Settings) -> dict[str, str]:
     """The executor, scheduler and dag-processor settings that decide how fast pods are made and
     how busy the cores are besides (airflow.env)."""
-    from airflow_k3s.rendering import parse_env_file
-
-    env = parse_env_file((cfg.root / "airflow" / "airflow.env").read_text())
+    env = cfg.airflow_env
     defaults = {  # Airflow 3.3's and the cncf provider's own defaults
         "AIRFLOW__CORE__PARALLELISM": "32",
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "16 (bench_mapped: 64)",
@@ -265,9 +262,7 @@ class Bench:
         # A logical date of its own: without one, `dags test` deletes a run that has none.
         date = datetime.now(UTC)
         cmd = ["airflow", "dags", "test", "bench_trivial", date.isoformat(timespec="microseconds")]
-        took, _ = timed(
-            lambda: self.stack.docker().compose.execute("airflow-scheduler", cmd, tty=False)
-        )
+        took, _ = timed(lambda: self.stack.docker.exec("airflow-scheduler", cmd))
         runs = self.stack.api().get("/api/v2/dags/bench_trivial/dagRuns", limit=100)["dag_runs"]
         run = next(
             r for r in runs if abs(measure.ts(r.get("logical_date")) - date.timestamp()) < 1e-3
@@ -485,7 +480,7 @@ class Bench:
     # ----------------------------------------------------------------------- edit loop
 
     def edit_loop(self) -> None:
-        path = ROOT / "dags" / f"{EDIT_DAG}.py"
+        path = self.stack.dags_dir / f"{EDIT_DAG}.py"  # the stack's copy of dags/
         samples = []
         try:
             write_edit_dag(path, "v0")
@@ -612,9 +607,9 @@ AIRFLOW_JOBS_CHECK = {
 
 def compose_up(stack: Stack, extra: list[Path], services: list[str]) -> None:
     """Recreate ``services`` with extra compose files (an experiment's settings), wait healthy."""
-    cmd = compose.cli(stack.settings, *extra)
-    subprocess.run([*cmd, "up", "-d", "--no-build", *services], env=stack.env, check=True)
-    compose.wait_healthy(stack.settings, timeout=300)
+    docker = stack.docker
+    shell.run([*docker.compose_cli(*extra), "up", "-d", "--no-build", *services], env=stack.env)
+    docker.wait_healthy(timeout=300)
 
 
 def write_edit_dag(path: Path, value: str) -> None:

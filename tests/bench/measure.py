@@ -8,7 +8,6 @@ import json
 import math
 import os
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from airflow_k3s import compose
+from airflow_k3s import shell
 from airflow_k3s.cluster import pod_label_value
 from tests.bench.report import NODE, PODS
 from tests.harness import Stack
@@ -121,7 +120,7 @@ def watch_readiness(stack: Stack, stop: threading.Event, into: Readiness) -> Non
     """Poll compose every 0.5 s until ``stop``: first time each service is healthy or done."""
     while not stop.is_set():
         try:  # a new client each time: `up` writes the .env the first client would not have read
-            states = compose.service_states(stack.docker())
+            states = stack.docker.service_states()
         except Exception:  # the project may not exist yet at the start of `up`
             states = {}
         now = time.monotonic() - into.started
@@ -161,19 +160,8 @@ def _bytes(text: str) -> float:
 
 def containers(project: str) -> list[str]:
     """Names of the project's running containers."""
-    return subprocess.run(
-        [
-            "docker",
-            "ps",
-            "--filter",
-            f"label=com.docker.compose.project={project}",
-            "--format",
-            "{{.Names}}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    label = f"label=com.docker.compose.project={project}"
+    return shell.run(["docker", "ps", "--filter", label, "--format", "{{.Names}}"]).stdout.split()
 
 
 def service_of(project: str, container: str) -> str:
@@ -187,12 +175,7 @@ def stats(project: str) -> dict[str, tuple[float, float]]:
     names = containers(project)
     if not names:
         return {}
-    out = subprocess.run(
-        ["docker", "stats", "--no-stream", "--format", "{{json .}}", *names],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = shell.run(["docker", "stats", "--no-stream", "--format", "{{json .}}", *names]).stdout
     found = {}
     for line in out.splitlines():
         row = json.loads(line)
@@ -253,12 +236,7 @@ def _kubepods_cpu_seconds(container: str) -> float:
         ' if [ -r "$f" ]; then echo 1e-9 "$(cat "$f")";'
         " else echo 1e-6 \"$(sed -n 's/^usage_usec //p' /sys/fs/cgroup/kubepods/cpu.stat)\"; fi"
     )
-    out = subprocess.run(
-        ["docker", "exec", container, "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
+    out = shell.run(["docker", "exec", container, "sh", "-c", script], check=False).stdout.split()
     if len(out) != 2:
         return float("nan")
     return float(out[1]) * float(out[0])
@@ -334,11 +312,8 @@ def node_cpu_by_component(
 
 def node_processes(container: str) -> dict[tuple[int, int], tuple[str, float, float]]:
     """The node container's processes (NODE_PROCESSES_SCRIPT), {} if it cannot be read."""
-    result = subprocess.run(
-        ["docker", "exec", container, "sh", "-c", NODE_PROCESSES_SCRIPT],
-        capture_output=True,
-        text=True,
-        check=False,
+    result = shell.run(
+        ["docker", "exec", container, "sh", "-c", NODE_PROCESSES_SCRIPT], check=False
     )
     return parse_node_processes(result.stdout) if result.returncode == 0 else {}
 

@@ -80,7 +80,7 @@ def test_the_file_fetch_wrote_is_on_the_shared_volume(stack: Stack, demo_run: st
     assert claim["spec"]["volumeName"] == "airflow-shared"
     # The PV is a hostPath on the node: the file is there, where upload and verify read it.
     path = f"/var/lib/airflow-shared/{sanitise_run_id(demo_run)}/orders.json"
-    on_node = stack.docker().compose.execute("k3s", ["cat", path], tty=False)
+    on_node = stack.docker.exec("k3s", ["cat", path])
     served = mockserver_orders(stack)
     assert json.loads(str(on_node)) == served
 
@@ -139,12 +139,9 @@ def test_a_pod_resolves_the_compose_services(stack: Stack, pushed_digest: str) -
     logs = stack.kubectl("logs", name)
     assert phase == "Succeeded", logs.stdout + logs.stderr
     resolved = json.loads(logs.stdout.strip().splitlines()[-1])
-    containers = {
-        (c.config.labels or {})["com.docker.compose.service"]: c
-        for c in stack.docker().compose.ps()
-    }
     for service in names:
-        ips = {n.ip_address for n in (containers[service].network_settings.networks or {}).values()}
+        networks = stack.container(service)["NetworkSettings"]["Networks"] or {}
+        ips = {n["IPAddress"] for n in networks.values()}
         assert resolved[service] in ips, (service, resolved[service], ips)
     stack.kubectl("delete", "pod", name, "--wait=false")
 
@@ -200,18 +197,15 @@ def test_pod_override_resources_volume_and_image(stack: Stack, pushed_digest: st
 def build_alt_worker(stack: Stack) -> str:
     """A variant of the worker image (a marker file more) pushed as :alt; its digest."""
     cfg = stack.settings
-    docker = stack.docker()
+    docker = stack.docker
     alt = cfg.worker_image.rsplit(":", 1)[0] + ":alt"
     context = stack.state_dir / "alt-worker"
     context.mkdir(exist_ok=True)
     (context / "Dockerfile").write_text(
         f"FROM {cfg.worker_image}\nRUN echo alt > /opt/airflow/IMAGE_VARIANT\n"
     )
-    docker.legacy_build(context, tags=[alt])
-    docker.image.push(alt, quiet=True)
-    repo = alt.rsplit(":", 1)[0]
-    digests = docker.image.inspect(alt).repo_digests
-    return next(d.split("@", 1)[1] for d in digests if d.startswith(repo + "@"))
+    docker.build(context, alt)
+    return docker.push(alt)
 
 
 def test_a_failed_try_is_retried_in_a_fresh_pod(stack: Stack) -> None:
@@ -251,14 +245,8 @@ def test_two_executors_a_pod_for_one_task_the_scheduler_for_the_other(stack: Sta
         api.xcom("example_two_executors", run_id, "in_a_pod")
         == pods["in_a_pod"]["metadata"]["name"]
     )
-    scheduler = next(
-        c
-        for c in stack.docker().compose.ps()
-        if (c.config.labels or {}).get("com.docker.compose.service") == "airflow-scheduler"
-    )
-    assert (
-        api.xcom("example_two_executors", run_id, "in_the_scheduler") == scheduler.config.hostname
-    )
+    hostname = stack.container("airflow-scheduler")["Config"]["Hostname"]
+    assert api.xcom("example_two_executors", run_id, "in_the_scheduler") == hostname
     _, tis = api.run_state("example_two_executors", run_id)
     assert tis["in_the_scheduler"]["executor"] == "LocalExecutor"
 

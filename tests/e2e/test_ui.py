@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from airflow_k3s.rendering import ADMIN_USER
+from airflow_k3s.generated import ADMIN_USER
 from airflow_k3s.settings import ROOT
 from tests.harness import DEMO, Stack
 

@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from airflow_k3s import compose
+from airflow_k3s import shell
 from airflow_k3s.cluster import pod_label_value
+from airflow_k3s.docker import not_ready
+from airflow_k3s.exits import UserError
 from tests.harness import DEMO, Stack
 
 DAG = DEMO
 
 
 def wait_for(what: str, check: Any, timeout: float, poll: float = 0.5) -> Any:
-    """Poll ``check()`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}", pytrace=False)
-        time.sleep(poll)
+    """Poll ``check()`` until it returns something truthy (the package's shell.poll); the test
+    fails with ``what`` after ``timeout``."""
+    try:
+        return shell.poll(what, check, timeout, poll)
+    except UserError as exc:
+        pytest.fail(exc.message, pytrace=False)
 
 
 def task_states(
@@ -87,11 +84,11 @@ def running_pod(stack: Stack, run_id: str) -> str:
 
 
 def wait_healthy(stack: Stack, timeout: float = 300) -> None:
-    docker = stack.docker()
-    expected = set(docker.compose.config(return_json=True)["services"])
+    docker = stack.docker
+    expected = set(docker.config()["services"])
     wait_for(
         "every service to be healthy again",
-        lambda: not compose.not_ready(compose.service_states(docker), expected),
+        lambda: not not_ready(docker.service_states(), expected),
         timeout,
         poll=2,
     )
@@ -107,7 +104,7 @@ def variant(stack: Stack, **env: str) -> Stack:
     )
 
 
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+def one_line_error(result: shell.Result) -> str:
     """The task library's answer to a mistake: non-zero, exactly one line, no traceback."""
     assert result.returncode != 0, result.stdout
     # Progress lines ("==> ...") may come first; the mistake itself is one line.

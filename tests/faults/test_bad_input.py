@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from airflow_k3s.settings import ROOT
 from tests.faults.faultlib import DAG, one_line_error, variant, wait_for
 from tests.harness import Stack, free_port
 
@@ -25,7 +24,7 @@ MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 def test_dag_file_that_fails_to_import(stack: Stack) -> None:
     name = f"fault_broken_{uuid.uuid4().hex[:8]}"
-    path = ROOT / "dags" / f"{name}.py"
+    path = stack.dags_dir / f"{name}.py"  # the stack's copy of dags/
     path.write_text(
         '"""Written by tests/faults/test_bad_input.py and removed by it: fails to import."""\n'
         "from airflow.sdk import dag\n"

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from demo_lib import object_key, sanitise_run_id
 
 from airflow_k3s.cluster import pod_label_value
@@ -22,6 +24,7 @@ from tests.faults.faultlib import (
     running_pod,
     task_states,
     trigger,
+    variant,
     wait_for,
     wait_healthy,
     wait_run,
@@ -49,10 +52,7 @@ def state_of(stack: Stack, run_id: str, task_id: str) -> str:
 
 
 def container_ids(stack: Stack) -> dict[str, str]:
-    return {
-        (c.config.labels or {})["com.docker.compose.service"]: c.id
-        for c in stack.docker().compose.ps(all=True)
-    }
+    return {str(c["Service"]): str(c["ID"]) for c in stack.docker.containers()}
 
 
 def s3_objects(stack: Stack) -> dict[str, str]:
@@ -74,7 +74,7 @@ def test_scheduler_restart_while_a_pod_runs_adopts_the_pod(stack: Stack) -> None
     """The new scheduler adopts the running pod: the task succeeds on its first and only try."""
     run_id = trigger(stack, "example_progress", '{"seconds": 45}')
     pod = wait_for("the task's pod to be running", lambda: running_pod(stack, run_id), 180, 1)
-    stack.docker().compose.restart("airflow-scheduler")
+    stack.docker.restart("airflow-scheduler")
     state, tis = wait_run(stack, run_id, "example_progress", timeout=420)
     assert state == "success", tis
     assert tis["progress"] == ("success", 1), "adopted, not retried"
@@ -84,10 +84,10 @@ def test_scheduler_restart_while_a_pod_runs_adopts_the_pod(stack: Stack) -> None
 
 
 def test_s3_outage_while_tasks_write(stack: Stack) -> None:
-    docker = stack.docker()
+    docker = stack.docker
     # S3 goes down before the run: fetch needs no S3 (REST endpoint -> shared volume), so the
     # first task to write into the outage is always upload.
-    docker.compose.stop("s3")
+    docker.stop("s3")
     try:
         run_id = trigger(stack)
         wait_for(
@@ -96,7 +96,7 @@ def test_s3_outage_while_tasks_write(stack: Stack) -> None:
             240,
         )
     finally:
-        docker.compose.start("s3")  # back before the retry (retry_delay 10 s)
+        docker.start("s3")  # back before the retry (retry_delay 10 s)
     state, tis = wait_run(stack, run_id)
     assert state == "success", tis
     assert tis["upload"] == ("success", 2), "upload succeeded on its retry"
@@ -115,7 +115,7 @@ def test_s3_outage_while_tasks_write(stack: Stack) -> None:
 def test_postgres_restart_during_a_run(stack: Stack) -> None:
     run_id = trigger(stack)
     wait_for("a worker pod of the run to be running", lambda: running_pod(stack, run_id), 180)
-    stack.docker().compose.restart("postgres")
+    stack.docker.restart("postgres")
     state, tis = wait_run(stack, run_id)
     print(f"the run in flight during the postgres restart ended {state}: {tis}")
     wait_healthy(stack)
@@ -123,28 +123,48 @@ def test_postgres_restart_during_a_run(stack: Stack) -> None:
     assert after.returncode == 0, after.stderr[-4000:]
 
 
-def test_an_edited_worker_configuration_reaches_new_pods(stack: Stack) -> None:
-    """airflow.env changed, `invoke up` again: k3s re-applies the Secret, new pods see the change
-    (no restart of anything)."""
-    env_file = ROOT / "airflow" / "airflow.env"
-    original = env_file.read_text()
-    marker = f"edited-{stack.project}"
-    before = container_ids(stack)
+def worker_pod_env(stack: Stack, name: str, variable: str) -> str:
+    """A worker pod as the executor makes it now (`invoke pod-yaml`: the pod template, the
+    executor's settings, the worker Secret), run once to print ``variable``; its output."""
+    shown = stack.invoke("pod-yaml", DAG, "fetch")
+    assert shown.returncode == 0, shown.stderr
+    pod = yaml.safe_load(shown.stdout)
+    pod["metadata"] = {"name": name, "namespace": pod["metadata"]["namespace"]}
+    pod["spec"]["restartPolicy"] = "Never"
+    pod["spec"]["containers"][0]["args"] = ["printenv", variable]
+    kube = stack.kube
+    kube.run("delete", "pod", name, "--ignore-not-found", "--wait=true")
+    kube.apply(pod)
     try:
-        env_file.write_text(original + f"\nAIRFLOW_VAR_FAULTS_MARKER={marker}\n")
-        up = stack.invoke("up", "--no-build", timeout=600)
-        assert up.returncode == 0, up.stderr[-3000:]
+        ended = kube.wait_pod_ended(name, pod["metadata"]["namespace"], timeout=180)
+        output = kube.run("logs", name).stdout.strip()
+        assert ended["exitCode"] == 0, f"printenv {variable} in the pod: {output or ended}"
+        return output.splitlines()[-1]
     finally:
-        env_file.write_text(original)
-    secret = stack.kubectl_json("get", "secret", "airflow-worker-env")
-    assert "AIRFLOW_VAR_FAULTS_MARKER" in secret["data"], "the Secret was re-applied"
-    assert container_ids(stack)["k3s"] == before["k3s"], "k3s was not restarted for it"
-    up = stack.invoke("up", "--no-build", timeout=600)  # back to the original configuration
-    assert up.returncode == 0, up.stderr[-3000:]
-    assert (
-        "AIRFLOW_VAR_FAULTS_MARKER"
-        not in stack.kubectl_json("get", "secret", "airflow-worker-env")["data"]
+        kube.run("delete", "pod", name, "--wait=false", check=False)
+
+
+def test_an_edited_worker_configuration_reaches_new_pods(stack: Stack, tmp_path: Path) -> None:
+    """The Airflow configuration edited (a copy of airflow.env: $AIRFLOW_ENV_FILE), `invoke up`
+    again: k3s re-applies the Secret, and a pod started after it has the new variable (no restart
+    of the node)."""
+    edited = tmp_path / "airflow.env"
+    marker = f"edited-{stack.project}"
+    edited.write_text(
+        (ROOT / "airflow" / "airflow.env").read_text() + f"\nAIRFLOW_VAR_FAULTS_MARKER={marker}\n"
     )
+    before = container_ids(stack)
+    mine = variant(stack, AIRFLOW_ENV_FILE=str(edited))
+    up = mine.invoke("up", "--no-build", timeout=600)
+    assert up.returncode == 0, up.stderr[-3000:]
+    try:
+        assert container_ids(stack)["k3s"] == before["k3s"], "k3s was not restarted for it"
+        assert worker_pod_env(stack, "faults-env-edited", "AIRFLOW_VAR_FAULTS_MARKER") == marker
+    finally:
+        back = stack.invoke("up", "--no-build", timeout=600)  # the repo's configuration again
+    assert back.returncode == 0, back.stderr[-3000:]
+    secret = stack.kubectl_json("get", "secret", "airflow-worker-env")
+    assert "AIRFLOW_VAR_FAULTS_MARKER" not in secret["data"], "the edit is gone again"
 
 
 def test_a_task_over_its_memory_limit_is_oomkilled(stack: Stack) -> None:
@@ -171,14 +191,14 @@ def test_a_pod_the_api_server_rejects_fails_fast_with_its_message(stack: Stack) 
 
 def test_registry_stopped_when_a_pod_starts(stack: Stack) -> None:
     """The pull fails: the task fails fast and `--wait` shows the pull error from the events."""
-    docker = stack.docker()
-    docker.compose.stop("registry")
+    docker = stack.docker
+    docker.stop("registry")
     try:
         started = time.monotonic()
         result = stack.invoke("trigger-dag", DAG, "--wait", "--timeout", "300")
         took = time.monotonic() - started
     finally:
-        docker.compose.start("registry")
+        docker.start("registry")
     assert result.returncode == 1
     assert took < 150, f"took {took:.0f} s to fail"
     assert "ErrImagePull" in result.stderr or "ImagePullBackOff" in result.stderr
@@ -188,16 +208,35 @@ def test_registry_stopped_when_a_pod_starts(stack: Stack) -> None:
     assert after.returncode == 0, after.stderr[-4000:]
 
 
-def test_api_server_restart_while_a_task_runs(stack: Stack) -> None:
+def running_task(stack: Stack, dag_id: str = "example_progress") -> str:
+    """A Running worker pod of the DAG (any run), or ''."""
+    selector = f"dag_id={dag_id}"
+    found = stack.kubectl("get", "pods", "-l", selector, "--field-selector=status.phase=Running")
+    return found.stdout.strip() if found.returncode == 0 and "Running" in found.stdout else ""
+
+
+def test_api_server_restart_while_a_task_runs_and_a_follower_waits(stack: Stack) -> None:
     """The task's Execution API calls fail while the api-server restarts: the task goes on, or
-    fails with a clear reason and succeeds on its retry."""
-    run_id = trigger(stack, "example_progress", '{"seconds": 40}')
-    wait_for("the task's pod to be running", lambda: running_pod(stack, run_id), 180, 1)
-    time.sleep(5)
-    stack.docker().compose.restart("airflow-apiserver")
+    fails with a clear reason and succeeds on its retry. `trigger-dag --wait`, following the run
+    meanwhile, says it waits for the API, goes on, and exits with the run's true state (0)."""
+    follower = stack.start_invoke(
+        "trigger-dag", "example_progress", "--conf", '{"seconds": 40}', "--wait", "--timeout", "480"
+    )
+    try:
+        wait_for("the task's pod to be running", lambda: running_task(stack), 180, 1)
+        time.sleep(5)
+        stack.docker.restart("airflow-apiserver")
+        out, err = follower.communicate(timeout=600)
+    finally:
+        follower.kill()
+    print(f"the follower said:\n{err[-6000:]}")
+    assert follower.returncode == 0, err[-3000:]
+    assert "==> waiting for the Airflow API (" in err, "the follower saw the restart"
+    assert "==> the Airflow API answers again" in err
+    run_id = out.strip().splitlines()[-1]
+    assert f"==> run {run_id} of example_progress ended: success" in err
     wait_healthy(stack)
-    state, tis = wait_run(stack, run_id, "example_progress", timeout=420)
-    print(f"the run through an api-server restart: {state} {tis}")
+    state, tis = wait_run(stack, run_id, "example_progress", timeout=60)
     assert state == "success", tis
     if tis["progress"][1] > 1:
         log = stack.api().task_log("example_progress", run_id, "progress", 1)
@@ -210,21 +249,23 @@ def test_node_restart_idle_and_while_a_task_runs(stack: Stack) -> None:
     runs = dag_runs(stack)
     some_run = next(r for r, s in runs.items() if s == "success")
     shared_file = f"/var/lib/airflow-shared/{sanitise_run_id(some_run)}/orders.json"
-    docker = stack.docker()
-    docker.compose.restart("k3s")
+    docker = stack.docker
+    docker.restart("k3s")
     wait_healthy(stack)
     assert stack.run_dag(DAG, timeout=400)
 
     run_id = trigger(stack, "example_progress", '{"seconds": 60}')
     wait_for("the task's pod to be running", lambda: running_pod(stack, run_id), 180, 1)
-    docker.compose.restart("k3s")
+    docker.restart("k3s")
     wait_healthy(stack)
     state, tis = wait_run(stack, run_id, "example_progress", timeout=600)
     print(f"the run whose pod the node restart killed: {state} {tis}")
-    assert state in ("success", "failed")
+    # It ended (wait_run), its one retry in a fresh pod or failed; the try whose pod died with the
+    # node is never counted a success.
+    assert tis["progress"] != ("success", 1), "the pod killed by the node restart 'succeeded'"
     after = stack.invoke("trigger-dag", DAG, "--wait", "--timeout", "400")
     assert after.returncode == 0, after.stderr[-4000:]
-    on_node = docker.compose.execute("k3s", ["cat", shared_file], tty=False)
+    on_node = docker.exec("k3s", ["cat", shared_file])
     assert json.loads(str(on_node))["orders"], "the PVC's files survive the node's restarts"
     nodes = stack.kubectl_json("get", "nodes")["items"]
     assert [n["metadata"]["name"] for n in nodes] == ["k3s"]
@@ -261,7 +302,7 @@ def test_down_then_up_keeps_runs_objects_images_and_the_node(stack: Stack) -> No
 
     down = stack.invoke("down", timeout=300)
     assert down.returncode == 0, down.stderr
-    assert not stack.docker().compose.ps(), "containers left running after down"
+    assert not stack.docker.containers(), "containers left running after down"
     up = stack.invoke("up", timeout=900)
     assert up.returncode == 0, up.stderr[-3000:]
 
@@ -276,7 +317,7 @@ def test_down_then_up_keeps_runs_objects_images_and_the_node(stack: Stack) -> No
     ready: dict[str, Any] = {c["type"]: c["status"] for c in nodes[0]["status"]["conditions"]}
     assert ready["Ready"] == "True"
     assert pods_before <= {p["metadata"]["name"] for p in stack.pods(f"dag_id={DAG}")}
-    on_node = stack.docker().compose.execute("k3s", ["cat", shared_file], tty=False)
+    on_node = stack.docker.exec("k3s", ["cat", shared_file])
     assert json.loads(str(on_node))["orders"]
     after = stack.invoke("trigger-dag", DAG, "--wait", "--timeout", "400")
     assert after.returncode == 0, after.stderr[-4000:]

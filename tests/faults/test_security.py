@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from airflow_k3s.cluster import pod_label_value, write_kubeconfigs
-from airflow_k3s.rendering import ADMIN_USER, SECRET_KEYS, parse_env_file
+from airflow_k3s.generated import ADMIN_USER, SECRET_KEYS, parse_env_file
 from airflow_k3s.settings import Settings
 from tests.faults.faultlib import DAG, variant
 from tests.harness import Stack
@@ -52,21 +51,6 @@ LOCAL_USERS = {
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-def compose_config(stack: Stack, images: str) -> dict[str, Any]:
-    """`docker compose config` as the task library runs compose for ``images``."""
-    cfg = Settings.load(environ={**stack.env, "IMAGES": images})
-    env = {**stack.env, **cfg.compose_env}
-    if images == "upstream":
-        env.pop("PYTHON_BASE_IMAGE", None)
-    cmd = ["docker", "compose", "--project-directory", str(cfg.root), "-p", cfg.project]
-    for file in cfg.compose_files:
-        cmd += ["-f", str(file)]
-    cmd += ["--env-file", str(cfg.env_file), "config", "--format", "json"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    config: dict[str, Any] = json.loads(result.stdout)
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +106,7 @@ def test_kubeconfig_copies_are_private(stack: Stack, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("images", ["upstream", "local"])
 def test_resolved_compose_config_is_locked_down(stack: Stack, images: str) -> None:
-    services = compose_config(stack, images)["services"]
+    services = stack.compose_config(images)["services"]
     for name, svc in services.items():
         for port in svc.get("ports", []):
             assert port["host_ip"] == "127.0.0.1", f"{images}/{name} publishes {port}"
@@ -142,18 +126,25 @@ def test_resolved_compose_config_is_locked_down(stack: Stack, images: str) -> No
 
 
 def test_running_containers_users(stack: Stack) -> None:
-    docker = stack.docker()
     users: dict[str, str] = {}
-    for container in docker.compose.ps():
-        service = (container.config.labels or {})["com.docker.compose.service"]
-        status = Path(f"/proc/{container.state.pid}/status").read_text()
+    for found in stack.docker.containers():
+        if found["State"] != "running":
+            continue
+        service = str(found["Service"])
+        container = stack.container(service)
+        status = Path(f"/proc/{container['State']['Pid']}/status").read_text()
         uid = next(ln.split()[1] for ln in status.splitlines() if ln.startswith("Uid:"))
         gid = next(ln.split()[1] for ln in status.splitlines() if ln.startswith("Gid:"))
         users[service] = f"{uid}:{gid}"
-        assert not container.host_config.privileged, service  # IMAGES=local: nothing is
+        # Only rancher/k3s runs privileged (IMAGES=upstream); with IMAGES=local nothing does.
+        privileged = stack.images == "upstream" and service == "k3s"
+        assert container["HostConfig"]["Privileged"] is privileged, service
     print("PID 1 of each service runs as:", json.dumps(users, indent=1, sort_keys=True))
-    assert users == LOCAL_USERS
-    assert [s for s, u in users.items() if u.startswith("0:")] == ["k3s"]
+    airflow = {s: u for s, u in users.items() if s in AIRFLOW_SERVICES}
+    assert airflow == {s: "50000:0" for s in AIRFLOW_SERVICES - {"airflow-init"}}
+    if stack.images == "local":  # the upstream images' own users are theirs to choose
+        assert users == LOCAL_USERS
+        assert [s for s, u in users.items() if u.startswith("0:")] == ["k3s"]
 
 
 def test_worker_pods_run_as_non_root_without_privilege_escalation(

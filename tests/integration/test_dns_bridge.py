@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from python_on_whales import Container, DockerException, docker
 
 from airflow_k3s import images
+from airflow_k3s.docker import Docker
 from airflow_k3s.settings import LOCAL_DEBIAN_IMAGE, Settings
 from tests.harness import require_docker
 
@@ -53,6 +53,10 @@ NAME_PREFIX = f"airflow-k3s-dnstest-{SUFFIX}"
 IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 
 pytestmark = pytest.mark.docker
+#: Docker as the task library runs it (this module's containers belong to no compose project).
+docker = Docker(Settings())
+#: A container of this module: its name.
+Container = str
 
 
 @dataclass
@@ -63,19 +67,14 @@ class Resources:
     networks: list[str] = field(default_factory=list)
 
     def cleanup(self) -> list[str]:
+        removals = [["rm", "--force", "--volumes", name] for name in reversed(self.containers)]
+        removals += [["network", "rm", name] for name in reversed(self.networks)]
         errors: list[str] = []
-        for name in reversed(self.containers):
-            try:
-                if docker.container.exists(name):
-                    docker.container.remove(name, force=True, volumes=True)
-            except DockerException as exc:
-                errors.append(f"container {name}: {exc}")
-        for name in reversed(self.networks):
-            try:
-                if docker.network.exists(name):
-                    docker.network.remove(name)
-            except DockerException as exc:
-                errors.append(f"network {name}: {exc}")
+        for args in removals:
+            result = docker.docker(*args, check=False)
+            gone = any(word in result.stderr for word in ("No such", "not found"))
+            if result.returncode and not gone:
+                errors.append(f"{' '.join(args)}: {result.stderr.strip()}")
         return errors
 
 
@@ -87,21 +86,10 @@ class ExecResult:
 
 
 def run_in(container: Container, script: str, envs: dict[str, str] | None = None) -> ExecResult:
-    """Run a shell script in the container; never raises on a non-zero exit.
-
-    stderr goes to a file in the container and is read back, so it is there on success too
-    (`docker.execute` only hands it over with an exception)."""
-    errfile = f"/tmp/.stderr-{secrets.token_hex(6)}"
-    return_code = 0
-    try:
-        out = docker.execute(
-            container, ["sh", "-c", f"exec 2>{errfile}\n{script}"], envs=envs or {}
-        )
-        stdout = out if isinstance(out, str) else ""
-    except DockerException as exc:
-        return_code, stdout = exc.return_code, exc.stdout or ""
-    stderr = docker.execute(container, ["sh", "-c", f"cat {errfile}; rm -f {errfile}"])
-    return ExecResult(return_code, stdout, stderr if isinstance(stderr, str) else "")
+    """Run a shell script in the container; never raises on a non-zero exit."""
+    env_args = [f"--env={k}={v}" for k, v in (envs or {}).items()]
+    result = docker.docker("exec", *env_args, container, "sh", "-c", script, check=False)
+    return ExecResult(result.returncode, result.stdout, result.stderr)
 
 
 def check(container: Container, script: str, envs: dict[str, str] | None = None) -> str:
@@ -129,17 +117,12 @@ def resources() -> Iterator[Resources]:
 def dnstest_image() -> str:
     require_docker()  # fails without an engine, unless AIRFLOW_K3S_SKIP_DOCKER_TESTS=1
     debian_image = os.environ.get("AIRFLOW_K3S_DEBIAN_IMAGE", LOCAL_DEBIAN_IMAGE)
-    if debian_image == LOCAL_DEBIAN_IMAGE and not docker.image.exists(debian_image):
+    if debian_image == LOCAL_DEBIAN_IMAGE and not docker.image_exists(debian_image):
         # A cold machine: make the local Debian base the way `invoke up` does (IMAGES=local).
         images.ensure_local_bases(docker, Settings.load())
-    # `docker build`: BuildKit where the CLI has it, the classic builder otherwise. The Dockerfile
-    # needs neither cache mounts nor secrets, so both work.
-    docker.legacy_build(
-        FIXTURES_DIR,
-        file=DNSTEST_DOCKERFILE,
-        tags=[DNSTEST_IMAGE],
-        build_args={"DEBIAN_IMAGE": debian_image},
-    )
+    # BuildKit where the CLI has it, the classic builder otherwise: the Dockerfile needs neither
+    # cache mounts nor secrets, so both work.
+    docker.build(FIXTURES_DIR, DNSTEST_IMAGE, DNSTEST_DOCKERFILE, {"DEBIAN_IMAGE": debian_image})
     return DNSTEST_IMAGE
 
 
@@ -157,38 +140,35 @@ def start_node(
     test needs come from NET_ADMIN (iptables, veth), SYS_ADMIN (ip netns) and a writable /proc/sys
     (route_localnet), which is what privileged gives.
     """
-    volumes: list[tuple[Path, str, str]] = [(ENTRYPOINT, ENTRYPOINT_IN_CONTAINER, "ro")]
-    volumes += [(src, dst, "ro") for src, dst in (extra_volumes or [])]
+    mounts = [f"--volume={ENTRYPOINT}:{ENTRYPOINT_IN_CONTAINER}:ro"]
+    mounts += [f"--volume={src}:{dst}:ro" for src, dst in (extra_volumes or [])]
+    run = ["run", "--detach", f"--name={name}", f"--network={network}", *mounts]
     resources.containers.append(name)
-    try:
-        return docker.run(
-            image, detach=True, name=name, networks=[network], privileged=True, volumes=volumes
-        )
-    except DockerException as exc:
-        if docker.container.exists(name):
-            docker.container.remove(name, force=True)
-        warnings.warn(
-            f"--privileged did not start here ({(exc.stderr or str(exc)).strip()}); "
-            "using NET_ADMIN + SYS_ADMIN and a writable /proc/sys instead",
-            stacklevel=1,
-        )
-    container = docker.run(
-        image,
-        detach=True,
-        name=name,
-        networks=[network],
-        cap_add=["NET_ADMIN", "SYS_ADMIN"],
-        volumes=volumes,
+    privileged = docker.docker(*run, "--privileged", image, check=False)
+    if privileged.returncode == 0:
+        return name
+    docker.docker("rm", "--force", name, check=False)
+    warnings.warn(
+        f"--privileged did not start here ({privileged.stderr.strip()}); "
+        "using NET_ADMIN + SYS_ADMIN and a writable /proc/sys instead",
+        stacklevel=1,
     )
-    check(container, "mount -o remount,rw /proc/sys")
-    return container
+    docker.docker(*run, "--cap-add=NET_ADMIN", "--cap-add=SYS_ADMIN", image)
+    check(name, "mount -o remount,rw /proc/sys")
+    return name
+
+
+def addresses(container: Container) -> dict[str, str]:
+    """network -> the container's IPv4 address on it."""
+    networks = docker.inspect("container", container)["NetworkSettings"]["Networks"] or {}
+    return {net: str(info["IPAddress"]) for net, info in networks.items()}
 
 
 @pytest.fixture(scope="module")
 def user_network(resources: Resources, dnstest_image: str) -> str:
     name = f"{NAME_PREFIX}-net"
     resources.networks.append(name)
-    docker.network.create(name)
+    docker.docker("network", "create", name)
     return name
 
 
@@ -197,15 +177,17 @@ def target_ip(resources: Resources, dnstest_image: str, user_network: str) -> st
     """A container reachable as `postgres` on the network, like the compose service."""
     name = f"{NAME_PREFIX}-target"
     resources.containers.append(name)
-    container = docker.run(
+    docker.docker(
+        "run",
+        "--detach",
+        f"--name={name}",
+        f"--network={user_network}",
+        f"--network-alias={TARGET_ALIAS}",
         dnstest_image,
-        ["sleep", "infinity"],
-        detach=True,
-        name=name,
-        networks=[user_network],
-        network_aliases=[TARGET_ALIAS],
+        "sleep",
+        "infinity",
     )
-    ip = (container.network_settings.networks or {})[user_network].ip_address
+    ip = addresses(name)[user_network]
     assert ip, f"target container has no IPv4 address on {user_network}"
     assert IPV4.match(ip), f"not an IPv4 address: {ip!r}"
     return ip
@@ -280,10 +262,7 @@ def test_pod_resolves_compose_name_through_docker_dns(
 ) -> None:
     resolver_ip = run_dns_setup(node)
 
-    node_ips = {
-        n.ip_address
-        for n in (docker.container.inspect(node.id).network_settings.networks or {}).values()
-    }
+    node_ips = set(addresses(node).values())
     assert resolver_ip in node_ips, f"resolver {resolver_ip} is not the node's address ({node_ips})"
     nameserver = nameserver_of(node)
     assert nameserver == resolver_ip

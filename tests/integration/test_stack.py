@@ -6,33 +6,18 @@ answers to bad input. The DAG side is the e2e tier's.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from airflow_k3s.settings import Settings
+from airflow_k3s import shell
+from airflow_k3s.settings import published_ports
 from tests.harness import SERVICES, Stack
 
 pytestmark = pytest.mark.docker
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-
-
-def compose_config(stack: Stack, images: str) -> dict[str, object]:
-    """`docker compose config` as the task library runs compose for ``images``."""
-    cfg = Settings.load(environ={**stack.env, "IMAGES": images})
-    cmd = ["docker", "compose", "--project-directory", str(cfg.root), "-p", cfg.project]
-    for file in cfg.compose_files:
-        cmd += ["-f", str(file)]
-    cmd += ["--env-file", str(cfg.env_file), "config", "--format", "json"]
-    env = {**stack.env, **cfg.compose_env}
-    if images == "upstream":
-        env.pop("PYTHON_BASE_IMAGE", None)
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    config: dict[str, object] = json.loads(result.stdout)
-    return config
 
 
 def test_every_service_is_healthy_on_loopback_ports(stack: Stack) -> None:
@@ -47,15 +32,19 @@ def test_every_service_is_healthy_on_loopback_ports(stack: Stack) -> None:
     for service, state in seen.items():
         want = {"airflow-init": "exited(0)", "mockserver": "running"}.get(service, "healthy")
         assert state == want, service
-    for container in stack.docker().compose.ps():
-        for bindings in (container.network_settings.ports or {}).values():
+    published = 0
+    for service in SERVICES - {"airflow-init"}:
+        ports = stack.container(service)["NetworkSettings"]["Ports"] or {}
+        for bindings in ports.values():
             for binding in bindings or []:
-                assert binding["HostIp"] == "127.0.0.1", (container.name, binding)
+                assert binding["HostIp"] == "127.0.0.1", (service, binding)
+                published += 1
+    assert published == len(published_ports()), "every published port was seen"
 
 
 @pytest.mark.parametrize("images", ["upstream", "local"])
 def test_both_image_sources_run_the_kubernetes_executor(stack: Stack, images: str) -> None:
-    services = compose_config(stack, images)["services"]
+    services = stack.compose_config(images)["services"]
     assert isinstance(services, dict)
     for name in ("airflow-scheduler", "airflow-apiserver", "airflow-dag-processor"):
         env = services[name]["environment"]
@@ -79,11 +68,12 @@ def test_worker_image_round_trips_through_the_registry(stack: Stack) -> None:
         f"{registry}/v2/airflow-worker/manifests/latest", headers={"Accept": MANIFEST_V2}
     )
     assert head.headers["Docker-Content-Digest"] == pushed
-    docker = stack.docker()
-    docker.image.remove(cfg.worker_image, force=True)
-    docker.image.pull(cfg.worker_image, quiet=True)
+    docker = stack.docker
+    docker.docker("image", "rm", "--force", cfg.worker_image)
+    assert not docker.image_exists(cfg.worker_image)
+    docker.pull(cfg.worker_image)
     repo = cfg.worker_image.rsplit(":", 1)[0]
-    assert f"{repo}@{pushed}" in docker.image.inspect(cfg.worker_image).repo_digests
+    assert f"{repo}@{pushed}" in docker.inspect("image", cfg.worker_image)["RepoDigests"]
 
 
 def test_the_node_is_one_ready_node_named_k3s_with_coredns(stack: Stack) -> None:
@@ -236,31 +226,33 @@ def test_the_job_healthcheck_answers_as_airflow_jobs_check(
     """The services' healthcheck (job-alive: one query) against the real job table gives Airflow's
     own answer (`airflow jobs check`): alive for this host; dead for another host, and dead for a
     heartbeat older than a threshold of 0 s."""
-    container = next(c.name for c in stack.docker().compose.ps([service]))
-    hostname = subprocess.run(
-        ["docker", "exec", container, "hostname"],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=stack.env,
-    ).stdout.strip()
+    docker = stack.docker
+    container = str(stack.container(service)["Name"]).lstrip("/")
+    hostname = docker.docker("exec", container, "hostname").stdout.strip()
 
     def both(*extra: str, env: dict[str, str] | None = None) -> tuple[int, str, int]:
-        run = ["docker", "exec", *(f"--env={k}={v}" for k, v in (env or {}).items()), container]
-        ours = subprocess.run(
-            [*run, "python", "-m", "airflow_k3s.container", "job-alive", job_type, *extra],
+        run = ["exec", *(f"--env={k}={v}" for k, v in (env or {}).items()), container]
+        ours = docker.docker(
+            *run,
+            "python",
+            "-m",
+            "airflow_k3s.container",
+            "job-alive",
+            job_type,
+            *extra,
             check=False,
-            capture_output=True,
-            text=True,
-            env=stack.env,
         )
-        theirs = subprocess.run(
-            [*run, "airflow", "jobs", "check", "--job-type", job_type, "--hostname"]
-            + ([extra[-1]] if extra else [hostname]),
+        host = [extra[-1]] if extra else [hostname]
+        theirs = docker.docker(
+            *run,
+            "airflow",
+            "jobs",
+            "check",
+            "--job-type",
+            job_type,
+            "--hostname",
+            *host,
             check=False,
-            capture_output=True,
-            text=True,
-            env=stack.env,
         )
         return ours.returncode, ours.stdout + ours.stderr, theirs.returncode
 
@@ -279,21 +271,14 @@ def test_the_node_healthcheck_checks_both_conditions(stack: Stack) -> None:
     """k3s's healthcheck, as Docker runs it (from the container's config): it passes on the
     healthy node, and fails when the node's Ready or CoreDNS's Available condition is not found
     True, or when CoreDNS is missing."""
-    container = next(c.name for c in stack.docker().compose.ps(["k3s"]))
-    healthcheck = stack.docker().container.inspect(container).config.healthcheck
-    assert healthcheck is not None
-    assert healthcheck.test is not None
-    kind, check = healthcheck.test
-    assert kind == "CMD-SHELL", healthcheck.test
+    inspected = stack.container("k3s")
+    container = str(inspected["Name"]).lstrip("/")
+    test = inspected["Config"]["Healthcheck"]["Test"]
+    kind, check = test
+    assert kind == "CMD-SHELL", test
 
-    def run(command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["docker", "exec", container, "sh", "-c", command],
-            check=False,
-            capture_output=True,
-            text=True,
-            env=stack.env,
-        )
+    def run(command: str) -> shell.Result:
+        return stack.docker.docker("exec", container, "sh", "-c", command, check=False)
 
     healthy = run(check)
     assert healthy.returncode == 0, healthy.stderr

@@ -11,13 +11,16 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from airflow_k3s import rendering
+from airflow_k3s import generated
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
@@ -44,20 +47,20 @@ def repo() -> Path:
 @pytest.fixture
 def airflow_config() -> dict[str, str]:
     """airflow/airflow.env, the one source of Airflow configuration, parsed."""
-    return rendering.parse_env_file((REPO / "airflow" / "airflow.env").read_text())
+    return generated.parse_env_file((REPO / "airflow" / "airflow.env").read_text())
 
 
 @pytest.fixture
 def fake_secrets() -> dict[str, str]:
     """A generated .env with recognisable FAKE values (the Fernet key is a real, random one)."""
     counter = iter(range(100))
-    return rendering.generate_secrets({}, token=lambda: f"FAKEsecret{next(counter):02d}xyzxyzxyz")
+    return generated.generate_secrets({}, token=lambda: f"FAKEsecret{next(counter):02d}xyzxyzxyz")
 
 
 @pytest.fixture
 def worker_secret_manifest(airflow_config: dict[str, str], fake_secrets: dict[str, str]) -> str:
     """The worker Secret exactly as `invoke up` renders it, from airflow.env and fake secrets."""
-    return rendering.render_worker_secret(rendering.worker_env(airflow_config, fake_secrets))
+    return generated.render_worker_secret(generated.worker_env(airflow_config, fake_secrets))
 
 
 WORKLOAD_ARGS = [
@@ -113,3 +116,39 @@ def worker_pod(airflow_config: dict[str, str], monkeypatch: pytest.MonkeyPatch) 
     )
     result: dict[str, Any] = ApiClient().sanitize_for_serialization(pod)
     return result
+
+
+@dataclass
+class FakeCommands:
+    """Every external command of the package, faked where the package runs them (the runner,
+    airflow_k3s.shell): each answer is chosen by words the command contains, in order; what ran
+    is recorded. A command no answer names succeeds with no output."""
+
+    ran: list[list[str]] = field(default_factory=list)
+    answers: list[tuple[list[str], int, str, str]] = field(default_factory=list)
+
+    def on(self, *words: str, code: int = 0, stdout: str = "", stderr: str = "") -> None:
+        """Answer commands with these words (later rules first)."""
+        self.answers.insert(0, (list(words), code, stdout, stderr))
+
+    def answer(self, argv: Sequence[str]) -> tuple[int, str, str]:
+        for words, code, stdout, stderr in self.answers:
+            rest = iter(argv)
+            if all(any(arg in (word, f"/usr/bin/{word}") for arg in rest) for word in words):
+                return code, stdout, stderr
+        return 0, "", ""
+
+    def run(self, argv: Sequence[str], **_kwargs: Any) -> subprocess.CompletedProcess[str]:
+        self.ran.append(list(argv))
+        code, stdout, stderr = self.answer(argv)
+        return subprocess.CompletedProcess(list(argv), code, stdout, stderr)
+
+
+@pytest.fixture
+def commands(monkeypatch: pytest.MonkeyPatch) -> FakeCommands:
+    """No command runs: the runner's subprocess.run answers from the test's rules (and every
+    program is installed, in /usr/bin)."""
+    fake = FakeCommands()
+    monkeypatch.setattr("airflow_k3s.shell.subprocess.run", fake.run)
+    monkeypatch.setattr("shutil.which", lambda name, **_kwargs: f"/usr/bin/{name}")
+    return fake

@@ -85,9 +85,20 @@ def test_unknown_dag_lists_known_dags_and_import_errors() -> None:
     )
 
 
-def test_find_dag_returns_for_a_known_dag() -> None:
-    api = client({("GET", "/api/v2/dags/demo"): httpx.Response(200, json={"dag_id": "demo"})})
+def test_find_dag_returns_for_a_known_dag_at_once() -> None:
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        token = login(request)
+        if token is not None:
+            return token
+        assert request.url.path == "/api/v2/dags/demo", "nothing else for a known DAG"
+        return httpx.Response(200, json={"dag_id": "demo"})
+
+    api = AirflowAPI("http://airflow", "right", transport=httpx.MockTransport(handler))
     api.find_dag("demo", timeout=0)
+    assert asked == ["/auth/token", "/api/v2/dags/demo"]
 
 
 class FakeClock:
@@ -306,3 +317,54 @@ def test_run_state_reads_every_page_of_a_run_with_more_than_100_task_instances()
     assert len(by_key) == 151
     assert runs.progress(by_key)["noop (150 mapped)"] == "success 150"
     assert pages == [("100", "0"), ("100", "100")]
+
+
+# --------------------------------------------------------------------------- following a run
+
+
+def restarting_api(outage: list[Exception | int]) -> AirflowAPI:
+    """A run that succeeds on the third look; before that the API fails as ``outage`` says
+    (an exception the transport raises, or an HTTP status), one failure a request."""
+    looks = iter(["running", "running", "success"])
+    failures = iter(outage)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        token = login(request)
+        if token is not None:
+            return token
+        failure = next(failures, None)
+        if isinstance(failure, Exception):
+            raise failure
+        if failure is not None:
+            return httpx.Response(failure, json={"detail": "starting"})
+        if request.url.path.endswith("/taskInstances"):
+            return httpx.Response(200, json={"task_instances": [{"task_id": "t", "state": ""}]})
+        return httpx.Response(200, json={"state": next(looks)})
+
+    return AirflowAPI("http://a", "right", transport=httpx.MockTransport(handler))
+
+
+def test_the_follower_rides_out_an_api_server_restart(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Connection refused, reset, then a 503 while the api-server starts: the follower says it
+    waits for the API, goes on when it answers, and returns the run's true state."""
+    monkeypatch.setattr(runs, "POLL_SECONDS", 0)
+    outage: list[Exception | int] = [
+        httpx.ConnectError("[Errno 111] Connection refused"),
+        httpx.ReadError("[Errno 104] Connection reset by peer"),
+        503,
+    ]
+    api = restarting_api(outage)
+    assert runs.follow_run(None, api, "demo", "r1", timeout=30) == "success"  # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    assert err.count("waiting for the Airflow API ([Errno 111] Connection refused)") == 1
+    assert "==> the Airflow API answers again" in err
+    assert "==> run r1 of demo ended: success" in err
+
+
+def test_the_follower_does_not_ride_out_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4xx is no outage (a wrong run id, a lost login): it ends the follower at once."""
+    monkeypatch.setattr(runs, "POLL_SECONDS", 0)
+    with pytest.raises(httpx.HTTPStatusError):
+        runs.follow_run(None, restarting_api([404]), "demo", "r1", timeout=30)  # type: ignore[arg-type]

@@ -7,17 +7,18 @@ the Airflow lock) and against a worker pod built the way the executor builds it 
 from __future__ import annotations
 
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from python_on_whales.exceptions import DockerException
 
-from airflow_k3s import cluster, compose
+from airflow_k3s import cluster, lifecycle
+from airflow_k3s.boundary import Stack
+from airflow_k3s.cluster import Kubectl
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.settings import Settings
+from tests.unit.conftest import FakeCommands
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_ID = "manual__2024-05-01T10:00:00+00:00"  # the worker_pod fixture's run
@@ -53,21 +54,12 @@ def test_write_kubeconfigs_host_and_container_copies(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-class _NoKubeconfigYet:
-    """Stands in for python-on-whales' DockerClient: `compose exec k3s cat` fails every time."""
-
-    class compose:  # mirrors DockerClient.compose
-        @staticmethod
-        def execute(*_args: Any, **_kwargs: Any) -> str:
-            raise DockerException(["docker", "compose", "exec"], 1, b"", b"No such file")
-
-
 def test_kubeconfig_not_written_in_time_is_one_clear_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, commands: FakeCommands
 ) -> None:
-    monkeypatch.setattr(compose, "client", lambda _cfg: _NoKubeconfigYet())
+    commands.on("exec", "k3s", "cat", code=1, stderr="cat: /output/kubeconfig.yaml: No such file")
     with pytest.raises(UserError) as exc:
-        cluster.read_k3s_kubeconfig(load(tmp_path), timeout=0)
+        lifecycle.read_k3s_kubeconfig(Stack(load(tmp_path)), timeout=0)
     assert exc.value.code is ExitCode.NO_KUBECONFIG
     assert exc.value.message == (
         "k3s did not write its kubeconfig (/output/kubeconfig.yaml) within 0 s: "
@@ -75,23 +67,42 @@ def test_kubeconfig_not_written_in_time_is_one_clear_line(
     )
 
 
-def test_kubectl_failure_is_its_last_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def run(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.CompletedProcess(cmd, 1, "", "W0101 warning\nerror: no such pod\n")
-
-    monkeypatch.setattr("airflow_k3s.cluster.subprocess.run", run)
-    cfg = load(tmp_path)
+def test_kubectl_failure_is_its_last_line(tmp_path: Path, commands: FakeCommands) -> None:
+    commands.on("kubectl", "get", code=1, stderr="W0101 warning\nerror: no such pod\n")
+    kube = Kubectl(load(tmp_path))
     with pytest.raises(UserError) as exc:
-        cluster.kubectl(cfg, "get", "pods", "nope", "-o", "json")
+        kube.run("get", "pods", "nope", "-o", "json")
     assert exc.value.message == "kubectl get pods nope failed: error: no such pod"
-    assert cluster.kubectl(cfg, "get", "pods", check=False).returncode == 1
+    assert kube.run("get", "pods", check=False).returncode == 1
 
 
 def test_kubectl_uses_the_projects_kubectl_and_the_host_kubeconfig(tmp_path: Path) -> None:
     cfg = load(tmp_path)
-    cmd = cluster.kubectl_cmd(cfg, ["get", "nodes"])
+    cmd = Kubectl(cfg).argv(["get", "nodes"])
     assert Path(cmd[0]).name == "kubectl"
     assert cmd[1:] == ["--kubeconfig", str(cfg.host_kubeconfig), "get", "nodes"]
+
+
+def test_apply_sends_the_manifest_on_stdin_and_names_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def run(argv: list[str], **kwargs: Any) -> Any:
+        import subprocess
+
+        seen.update(argv=argv, input=kwargs.get("input"))
+        return subprocess.CompletedProcess(argv, 1, "", 'Error from server: "privileged" refused\n')
+
+    monkeypatch.setattr("airflow_k3s.shell.subprocess.run", run)
+    pod = {"kind": "Pod", "metadata": {"name": "p1"}}
+    with pytest.raises(UserError) as exc:
+        Kubectl(load(tmp_path)).apply(pod)
+    assert exc.value.message == (
+        'the API server refused Pod p1: Error from server: "privileged" refused'
+    )
+    assert seen["argv"][-5:] == ["apply", "--server-side", "--field-manager=airflow-k3s", "-f", "-"]
+    assert seen["input"] == '{"kind": "Pod", "metadata": {"name": "p1"}}'
 
 
 # --------------------------------------------------------------------------- selectors

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from airflow_k3s import compose, doctor
+from airflow_k3s import doctor
+from airflow_k3s.boundary import Stack
+from airflow_k3s.docker import Docker
 from airflow_k3s.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,13 +87,13 @@ def test_privileges_are_probed_with_what_the_node_gets(
 ) -> None:
     seen: list[tuple[str, tuple[str, ...]]] = []
 
-    def try_run(image: str, *options: str) -> tuple[bool, str]:
+    def try_run(_self: Docker, image: str, *options: str) -> tuple[bool, str]:
         seen.append((image, options))
         return False, "operation not permitted"
 
-    monkeypatch.setattr(compose, "try_run", try_run)
+    monkeypatch.setattr(Docker, "try_run", try_run)
     cfg = Settings.load({"AIRFLOW_K3S_STATE_DIR": str(tmp_path), "IMAGES": images}, root=REPO)
-    check = doctor.probe_privileges(cfg, "probe:1")
+    check = doctor.probe_privileges(Stack(cfg), "probe:1")
     assert not check.ok
     assert "operation not permitted" in check.detail
     expected = ("--privileged",) if privileged else tuple(doctor.node_run_options(REPO))
@@ -102,9 +104,9 @@ def test_privileges_are_probed_with_what_the_node_gets(
 def test_failed_pulls_matter_only_for_upstream_images(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, images: str, ok: bool
 ) -> None:
-    monkeypatch.setattr(compose, "try_pull", lambda _image: (False, "connection refused"))
+    monkeypatch.setattr(Docker, "try_pull", lambda _self, _image: (False, "connection refused"))
     cfg = Settings.load({"AIRFLOW_K3S_STATE_DIR": str(tmp_path), "IMAGES": images}, root=REPO)
-    check = doctor.probe_pull(cfg)
+    check = doctor.probe_pull(Stack(cfg))
     assert check.ok is ok
     assert "connection refused" in check.detail
     if not ok:
@@ -114,9 +116,9 @@ def test_failed_pulls_matter_only_for_upstream_images(
 def test_without_docker_doctor_says_only_that(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr("airflow_k3s.compose.shutil.which", lambda _name: None)
+    monkeypatch.setattr("shutil.which", lambda _name, **_kwargs: None)
     cfg = Settings.load({"AIRFLOW_K3S_STATE_DIR": str(tmp_path)}, root=REPO)
-    [check] = doctor.run_checks(cfg, pull=True)
+    [check] = doctor.run_checks(Stack(cfg), pull=True)
     assert check.name == "docker"
     assert not check.ok
     assert check.detail.startswith("Docker is not installed")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from airflow_k3s import rendering
+from airflow_k3s import generated
 
 REPO = Path(__file__).resolve().parents[2]
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|JWT|PRIVATE|CREDENTIAL", re.IGNORECASE)
@@ -117,7 +117,7 @@ def test_worker_secret_has_everything_a_worker_needs(
     doc = yaml.safe_load(worker_secret_manifest)
     assert doc["metadata"]["name"] == "airflow-worker-env"
     assert doc["metadata"]["namespace"] == "default"
-    env = rendering.secret_manifest_env(worker_secret_manifest)
+    env = generated.secret_manifest_env(worker_secret_manifest)
 
     # The Execution API, reachable from pods by the compose service name.
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
@@ -153,7 +153,7 @@ def test_worker_secret_has_everything_a_worker_needs(
 def test_worker_secret_holds_no_credential_a_worker_does_not_need(
     worker_secret_manifest: str, fake_secrets: dict[str, str]
 ) -> None:
-    env = rendering.secret_manifest_env(worker_secret_manifest)
+    env = generated.secret_manifest_env(worker_secret_manifest)
     needed = {fake_secrets["S3_ACCESS_KEY"], fake_secrets["S3_SECRET_KEY"]}
     for key, value in fake_secrets.items():
         if value not in needed:

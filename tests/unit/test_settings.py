@@ -56,8 +56,41 @@ def test_images_local_puts_the_override_last(tmp_path: Path) -> None:
         "AIRFLOW_IMAGE": "airflow-k3s/airflow:3.3.2",
         "DAGS_DIR": str(REPO / "dags"),
         "POD_TEMPLATE": str(REPO / "airflow" / "pod_template.yaml"),
+        "AIRFLOW_ENV_FILE": str(REPO / "airflow" / "airflow.env"),
         "PYTHON_BASE_IMAGE": settings.LOCAL_PYTHON_IMAGE,
     }
+
+
+def test_the_airflow_configuration_can_be_another_file(tmp_path: Path) -> None:
+    mine = tmp_path / "my-airflow.env"
+    mine.write_text("AIRFLOW__CORE__PARALLELISM=4\n")
+    cfg = load(tmp_path, AIRFLOW_ENV_FILE=str(mine))
+    assert cfg.airflow_env == {"AIRFLOW__CORE__PARALLELISM": "4"}
+    assert cfg.compose_env["AIRFLOW_ENV_FILE"] == str(mine)
+    missing = load(tmp_path, AIRFLOW_ENV_FILE=str(tmp_path / "nope.env"))
+    with pytest.raises(UserError) as exc:
+        _ = missing.airflow_env
+    assert exc.value.code is ExitCode.USAGE
+    assert exc.value.message == f"AIRFLOW_ENV_FILE={tmp_path / 'nope.env'}: no such file"
+
+
+def test_image_builds_trust_the_hosts_ca_bundle_unless_told_otherwise(tmp_path: Path) -> None:
+    host = tmp_path / "host-ca.crt"
+    host.write_text("-----BEGIN CERTIFICATE-----\n")
+    empty = tmp_path / "empty.crt"
+    empty.touch()
+    candidates = (tmp_path / "missing.crt", empty, host)
+    assert settings.ca_bundle(None, candidates) == str(host), "the first non-empty bundle"
+    assert settings.ca_bundle("", candidates) == str(host), "empty is unset"
+    assert settings.ca_bundle("none", candidates) == ""
+    assert settings.ca_bundle("NONE", candidates) == ""
+    assert settings.ca_bundle(str(empty), candidates) == str(empty), "the user's choice"
+    assert settings.ca_bundle(None, (tmp_path / "missing.crt",)) == ""
+    assert load(tmp_path, EXTRA_CA_BUNDLE="none").extra_ca_bundle == ""
+    assert load(tmp_path, EXTRA_CA_BUNDLE=str(host)).extra_ca_bundle == str(host)
+    default = load(tmp_path).extra_ca_bundle
+    expected = next((str(p) for p in settings.HOST_CA_BUNDLES if p.is_file()), "")
+    assert default == expected
 
 
 def test_upstream_builds_airflow_on_the_pinned_python(tmp_path: Path) -> None:

@@ -18,10 +18,11 @@ import pytest
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import Task
-from python_on_whales.exceptions import DockerException
 
 import tasks
 from airflow_k3s.exits import ExitCode, UserError
+from airflow_k3s.shell import CommandFailed
+from tests.unit.conftest import FakeCommands
 
 REPO = Path(__file__).resolve().parents[2]
 KUBECONFIG = """
@@ -73,11 +74,11 @@ def test_cli_turns_a_user_error_into_exit_with_its_message_and_code(code: ExitCo
 def test_cli_turns_a_docker_failure_into_one_line() -> None:
     @tasks.cli
     def compose_up() -> None:
-        raise DockerException(["docker", "compose", "up"], 1, b"", b"Error: no such image\n")
+        raise CommandFailed(["docker", "compose", "up"], 1, "Error: no such image\n")
 
     with pytest.raises(Exit) as exc:
         compose_up()
-    assert exc.value.message == "docker failed: docker compose up ...: Error: no such image"
+    assert exc.value.message == "`docker compose up` failed: Error: no such image"
     assert exc.value.code == 1
 
 
@@ -160,23 +161,17 @@ def test_pod_logs_without_kubeconfig_says_to_start_the_stack(state_dir: Path) ->
 
 
 def test_kubectl_passes_arguments_and_exit_code_through(
-    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+    state_dir: Path, commands: FakeCommands
 ) -> None:
     (state_dir / ".generated").mkdir()
     (state_dir / ".generated" / "kubeconfig.yaml").write_text(KUBECONFIG)
-    seen: list[list[str]] = []
-
-    def run(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
-        seen.append(cmd)
-        return subprocess.CompletedProcess(cmd, 3)
-
-    monkeypatch.setattr("airflow_k3s.cluster.subprocess.run", run)
+    commands.on("kubectl", "get", code=3)
     context = Context()
     context.remainder = "get pods -l 'dag_id=demo rest'"
     with pytest.raises(Exit) as exc:
         body(tasks.kubectl)(context)
     assert exc.value.code == 3
-    assert seen[0][1:] == [
+    assert commands.ran[0][1:] == [
         "--kubeconfig",
         str(state_dir / ".generated" / "kubeconfig.yaml"),
         "get",
@@ -186,15 +181,13 @@ def test_kubectl_passes_arguments_and_exit_code_through(
     ]
 
 
-def test_kubectl_that_succeeds_is_no_exit(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kubectl_that_succeeds_is_no_exit(state_dir: Path, commands: FakeCommands) -> None:
     (state_dir / ".generated").mkdir()
     (state_dir / ".generated" / "kubeconfig.yaml").write_text(KUBECONFIG)
-    monkeypatch.setattr(
-        "airflow_k3s.cluster.subprocess.run", lambda cmd, **_: subprocess.CompletedProcess(cmd, 0)
-    )
     context = Context()
     context.remainder = "version --client"
-    body(tasks.kubectl)(context)
+    assert body(tasks.kubectl)(context) is None
+    assert commands.ran[-1][-2:] == ["version", "--client"]
 
 
 # --------------------------------------------------------------------------- the task list

@@ -1,4 +1,4 @@
-"""airflow_k3s.stack: the generated files and the checks before `up` starts anything."""
+"""airflow_k3s.lifecycle: the generated files and the checks before `up` starts anything."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ from typing import Any
 
 import pytest
 
-from airflow_k3s import compose, images, rendering, stack
+from airflow_k3s import generated, images
+from airflow_k3s import lifecycle as stack
+from airflow_k3s.boundary import Stack
+from airflow_k3s.docker import Docker
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.settings import Settings
+from tests.unit.conftest import FakeCommands
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,12 +33,12 @@ def test_ensure_secrets_generates_once_with_mode_600(tmp_path: Path) -> None:
     first = stack.ensure_secrets(cfg)
     env_file = tmp_path / ".env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-    written = rendering.parse_env_file(env_file.read_text())
-    assert set(rendering.SECRET_KEYS) <= set(written)
-    assert dict(first.secrets) == {k: written[k] for k in rendering.SECRET_KEYS}
-    secret = tmp_path / ".generated" / "k3s" / f"{rendering.WORKER_SECRET_NAME}.yaml"
+    written = generated.parse_env_file(env_file.read_text())
+    assert set(generated.SECRET_KEYS) <= set(written)
+    assert dict(first.secrets) == {k: written[k] for k in generated.SECRET_KEYS}
+    secret = tmp_path / ".generated" / "k3s" / f"{generated.WORKER_SECRET_NAME}.yaml"
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
-    worker = rendering.secret_manifest_env(secret.read_text())
+    worker = generated.secret_manifest_env(secret.read_text())
     assert worker["AWS_SECRET_ACCESS_KEY"] == first.secrets["S3_SECRET_KEY"]
     assert "AIRFLOW_FERNET_KEY" not in worker, "workers get only what they need"
     before = env_file.read_text()
@@ -49,7 +53,7 @@ def test_ensure_secrets_keeps_the_users_settings_and_fills_only_what_is_missing(
     (tmp_path / ".env").write_text("AIRFLOW_PORT='9000'\nPOSTGRES_PASSWORD='mine'\n")
     (tmp_path / ".env").chmod(0o644)
     cfg = stack.ensure_secrets(load(tmp_path))
-    written = rendering.parse_env_file((tmp_path / ".env").read_text())
+    written = generated.parse_env_file((tmp_path / ".env").read_text())
     assert written["AIRFLOW_PORT"] == "9000"
     assert written["POSTGRES_PASSWORD"] == "mine" == cfg.secrets["POSTGRES_PASSWORD"]
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
@@ -57,8 +61,9 @@ def test_ensure_secrets_keeps_the_users_settings_and_fills_only_what_is_missing(
 
 def test_the_worker_secret_follows_airflow_env(tmp_path: Path) -> None:
     cfg = stack.ensure_secrets(load(tmp_path))
-    config = rendering.parse_env_file((REPO / "airflow" / "airflow.env").read_text())
-    env = stack.worker_environment(cfg, dict(cfg.secrets))
+    config = generated.parse_env_file((REPO / "airflow" / "airflow.env").read_text())
+    env = generated.worker_env(cfg.airflow_env, dict(cfg.secrets))
+    assert cfg.airflow_env == config, "Settings read airflow.env as it is"
     assert {k: env[k] for k in config} == config
     assert set(env) - set(config) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
@@ -100,16 +105,61 @@ def test_up_refuses_taken_ports_before_building_anything(
     def must_not_build(*_args: Any, **_kwargs: Any) -> None:
         raise AssertionError("up built images although a port is taken")
 
-    monkeypatch.setattr(compose, "check_docker", lambda: None)
-    monkeypatch.setattr(compose, "client", lambda _cfg: None)
-    monkeypatch.setattr(compose, "running_services", lambda _docker: set())
+    monkeypatch.setattr(Docker, "check", lambda _self: None)
+    monkeypatch.setattr(Docker, "running_services", lambda _self: set())
     monkeypatch.setattr(stack, "port_taken", {8080, 1080}.__contains__)
     monkeypatch.setattr(images, "build_all", must_not_build)
     with pytest.raises(UserError) as exc:
-        stack.up(load(tmp_path), build=True, timeout=1)
+        stack.up(Stack(load(tmp_path)), build=True, timeout=1)
     assert exc.value.code is ExitCode.PORT_TAKEN
     assert exc.value.message == (
         "port 1080 (mockserver) is already in use: free it or set MOCKSERVER_PORT=<free port> in "
         "the environment or .env; port 8080 (airflow-apiserver) is already in use: free it or set "
         "AIRFLOW_PORT=<free port> in the environment or .env"
     )
+
+
+# --------------------------------------------------------------------------- status
+
+
+@pytest.mark.parametrize(
+    ("states", "problem"),
+    [
+        ({}, ("the stack is not running: `make up` starts it", ExitCode.NOT_RUNNING)),
+        (
+            {"airflow-init": "exited(0)", "postgres": "exited(0)"},
+            ("the stack is not running: `make up` starts it", ExitCode.NOT_RUNNING),
+        ),
+        (
+            {"airflow-init": "exited(0)", "postgres": "healthy", "s3": "unhealthy"},
+            ("s3 is unhealthy: `invoke logs --service <service>` says why", ExitCode.FAILED),
+        ),
+        (
+            {"airflow-init": "exited(1)", "postgres": "healthy", "k3s": "exited(137)"},
+            (
+                "airflow-init is exited(1), k3s is exited(137): `invoke logs --service "
+                "<service>` says why",
+                ExitCode.FAILED,
+            ),
+        ),
+        ({"airflow-init": "exited(0)", "postgres": "healthy", "mockserver": "running"}, None),
+        ({"postgres": "healthy", "k3s": "starting"}, None),
+    ],
+)
+def test_status_fails_when_the_stack_is_down_or_a_service_is_unhealthy(
+    states: dict[str, str], problem: tuple[str, ExitCode] | None
+) -> None:
+    assert stack.status_problem(states) == problem
+
+
+def test_status_of_a_stack_that_is_not_running_exits_4(
+    tmp_path: Path, commands: FakeCommands, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commands.on("compose", "version", stdout="2.40.3\n")
+    with pytest.raises(UserError) as exc:
+        stack.status(Stack(load(tmp_path)))
+    assert exc.value.code is ExitCode.NOT_RUNNING
+    assert exc.value.message == (
+        "project airflow-k3s: the stack is not running: `make up` starts it"
+    )
+    assert capsys.readouterr().out == ""

@@ -7,8 +7,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from airflow_k3s import container, dags
-from airflow_k3s.dags import DagImportError, parse_result
+from airflow_k3s import container, dag_checks
+from airflow_k3s.dag_checks import DagImportError, parse_result
 
 
 def test_import_errors_name_the_file_the_line_and_the_error(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_parse_result_reads_the_containers_last_line() -> None:
 def test_task_test_gives_airflow_a_logical_date_of_its_own() -> None:
     """Without one, `airflow tasks test` deletes a run of the DAG that has no logical date."""
     now = datetime(2026, 12, 2, 6, 20, 1, 5, tzinfo=UTC)
-    assert dags.task_test_command("demo_rest_to_s3", "fetch", now) == [
+    assert dag_checks.task_test_command("demo_rest_to_s3", "fetch", now) == [
         "airflow",
         "tasks",
         "test",

@@ -1,5 +1,6 @@
-"""airflow_k3s.objects: the settings file (connections, variables, pools), checked and turned into
-the REST API's bulk payloads; the API itself is the HTTP boundary (httpx.MockTransport)."""
+"""airflow_k3s.airflow_objects: the settings file (connections, variables, pools), checked and
+turned into the REST API's bulk payloads; the API itself is the HTTP boundary
+(httpx.MockTransport)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from airflow_k3s import objects
+from airflow_k3s import airflow_objects as objects
 from airflow_k3s.airflow_api import AirflowAPI
 from airflow_k3s.exits import ExitCode, UserError
 

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import yaml
 
-from airflow_k3s import cluster, compose
-from airflow_k3s.compose import say
+from airflow_k3s import cluster, shell
+from airflow_k3s.boundary import Stack
 from airflow_k3s.exits import ExitCode, UserError
-from airflow_k3s.rendering import parse_env_file, worker_secret_data
+from airflow_k3s.generated import worker_secret_data
 from airflow_k3s.settings import Settings
+from airflow_k3s.shell import say
 
 CONTAINER_CLI = ["python", "-m", "airflow_k3s.container"]
 
@@ -45,58 +45,38 @@ def parse_result(stdout: str) -> tuple[list[str], list[DagImportError]]:
     return list(doc["dags"]), errors
 
 
-def parse_dags(cfg: Settings) -> tuple[list[str], list[DagImportError]]:
+def parse_dags(stack: Stack) -> tuple[list[str], list[DagImportError]]:
     """Import every DAG file inside the worker image (as a pod would), with the workers' config."""
-    env = parse_env_file((cfg.root / "airflow" / "airflow.env").read_text())
-    env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
+    cfg = stack.cfg
+    env_args = [arg for key, value in cfg.airflow_env.items() for arg in ("-e", f"{key}={value}")]
     say(f"importing every DAG file in {cfg.worker_image}")
-    result = subprocess.run(
-        [
-            "docker",
-            "run",
-            "--rm",
-            *env_args,
-            "--entrypoint",
-            "python",
-            cfg.worker_image,
-            *CONTAINER_CLI[1:],
-            "parse-dags",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    args = ("run", "--rm", *env_args, "--entrypoint", "python", cfg.worker_image)
+    result = stack.docker.docker(*args, *CONTAINER_CLI[1:], "parse-dags", check=False)
     if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         if "Unable to find image" in result.stderr or "No such image" in result.stderr:
             raise UserError(
                 f"no worker image {cfg.worker_image} here: `invoke build --worker-only` makes it",
                 ExitCode.NOT_RUNNING,
             )
-        raise UserError(f"importing the DAGs in {cfg.worker_image} failed: {last}")
+        why = shell.failure_line(result.stderr) or "no output"
+        raise UserError(f"importing the DAGs in {cfg.worker_image} failed: {why}")
     return parse_result(result.stdout)
 
 
-def in_scheduler(cfg: Settings, *args: str) -> str:
-    """Run the container CLI in the scheduler; its stdout, or its one-line error."""
-    result = subprocess.run(
-        [*compose.cli(cfg), "exec", "-T", "airflow-scheduler", *CONTAINER_CLI, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
-        error = next((ln for ln in reversed(lines) if "airflow-k3s: ERROR: " in ln), "")
-        if error:
-            raise UserError(error.split("airflow-k3s: ERROR: ", 1)[1], ExitCode.USAGE)
-        raise UserError(f"the scheduler could not answer: {lines[-1] if lines else 'no output'}")
-    return result.stdout
+def in_scheduler(stack: Stack, *args: str) -> str:
+    """Run the container CLI in the scheduler; its stdout, or its one-line error (a user's
+    mistake, such as an unknown DAG, when the CLI itself says so)."""
+    try:
+        return stack.docker.exec("airflow-scheduler", [*CONTAINER_CLI, *args])
+    except shell.CommandFailed as exc:
+        if "airflow-k3s: ERROR: " in exc.output:
+            raise UserError(exc.why, ExitCode.USAGE) from None
+        raise UserError(f"the scheduler could not answer: {exc.why}") from None
 
 
-def pod_yaml(cfg: Settings, dag_id: str, task_id: str) -> str:
-    compose.require_running(cfg, "airflow-scheduler")
-    return in_scheduler(cfg, "pod-yaml", dag_id, task_id)
+def pod_yaml(stack: Stack, dag_id: str, task_id: str) -> str:
+    stack.require("airflow-scheduler")
+    return in_scheduler(stack, "pod-yaml", dag_id, task_id)
 
 
 #: The Secret the task-test pod reads the metadata DB's address from (`airflow tasks test` runs
@@ -116,11 +96,11 @@ def task_test_command(dag_id: str, task_id: str, now: datetime | None = None) ->
     return ["airflow", "tasks", "test", dag_id, task_id, date]
 
 
-def task_test_pod(cfg: Settings, dag_id: str, task_id: str, name: str) -> dict[str, Any]:
+def task_test_pod(stack: Stack, dag_id: str, task_id: str, name: str) -> dict[str, Any]:
     """The task's worker pod, running `airflow tasks test` once, with the DB's address."""
     command = json.dumps(task_test_command(dag_id, task_id))
     doc: dict[str, Any] = yaml.safe_load(
-        in_scheduler(cfg, "pod-yaml", dag_id, task_id, "--name", name, "--args", command)
+        in_scheduler(stack, "pod-yaml", dag_id, task_id, "--name", name, "--args", command)
     )
     doc["metadata"].setdefault("labels", {})["airflow-k3s/task-test"] = "true"
     base = doc["spec"]["containers"][0]
@@ -144,22 +124,23 @@ def task_test_secret(cfg: Settings, namespace: str) -> dict[str, Any]:
     }
 
 
-def task_test(cfg: Settings, dag_id: str, task_id: str, timeout: float) -> int:
+def task_test(stack: Stack, dag_id: str, task_id: str, timeout: float) -> int:
     """Run one task once as a pod on the cluster, outside any DAG run; stream its output; the
     container's exit code."""
-    compose.require_running(cfg, "airflow-scheduler")
-    cluster.require_kubeconfig(cfg)
+    stack.require("airflow-scheduler")
+    kube = stack.kube
+    kube.require_kubeconfig()
     name = (
         f"task-test-{dag_id}-{task_id}".replace("_", "-").lower()[:48] + "-" + secrets.token_hex(3)
     )
-    pod = task_test_pod(cfg, dag_id, task_id, name)
+    pod = task_test_pod(stack, dag_id, task_id, name)
     namespace = pod["metadata"].get("namespace", cluster.NAMESPACE)
-    cluster.apply(cfg, task_test_secret(cfg, namespace))
-    cluster.apply(cfg, pod)
+    kube.apply(task_test_secret(stack.cfg, namespace))
+    kube.apply(pod)
     say(f"pod {name} on the cluster: airflow tasks test {dag_id} {task_id}")
-    phase = cluster.wait_pod_started(cfg, name, namespace, timeout)
-    cluster.stream_logs(cfg, name, namespace)
-    status = cluster.wait_pod_ended(cfg, name, namespace, timeout)
+    phase = kube.wait_pod_started(name, namespace, timeout)
+    kube.stream_logs(name, namespace)
+    status = kube.wait_pod_ended(name, namespace, timeout)
     code = status.get("exitCode", 1)
     say(f"pod {name} ended: {status.get('reason') or phase} (exit {code})")
     return int(code)
