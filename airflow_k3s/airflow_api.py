@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from airflow_k3s import shell
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.generated import ADMIN_USER
 
@@ -70,16 +71,22 @@ class AirflowAPI:
         the dag-processor (GRACE seconds) is enough for a new file to show up or fail to import.
         """
         started = time.monotonic()
-        while True:
-            response = self.http.get(f"/api/v2/dags/{dag_id}")
-            if response.status_code == 200:
-                return
-            errors = self.import_errors()
-            known = self.dag_ids()
+        errors: list[dict[str, Any]] = []
+        known: list[str] = []
+
+        def found_or_hopeless() -> str:
+            nonlocal errors, known
+            if self.http.get(f"/api/v2/dags/{dag_id}").status_code == 200:
+                return "found"
+            errors, known = self.import_errors(), self.dag_ids()
             waited = time.monotonic() - started
-            if errors or waited > timeout or (known and waited > min(timeout, self.GRACE)):
-                break
-            time.sleep(2)
+            return "hopeless" if errors or (known and waited > min(timeout, self.GRACE)) else ""
+
+        try:
+            if shell.poll(f"DAG {dag_id}", found_or_hopeless, timeout, 2) == "found":
+                return
+        except UserError:
+            pass  # timed out: say what is known
         lines = [f"{e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}" for e in errors]
         message = f"unknown DAG id {dag_id!r}; known DAGs: {', '.join(known) or 'none yet'}"
         if lines:

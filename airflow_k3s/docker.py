@@ -10,6 +10,7 @@ import functools
 import json
 import shutil
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -313,8 +314,10 @@ class Docker:
         args: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> None:
-        """Build an image (buildx where it exists, else the legacy builder); on failure the end
-        of the build's output and one line."""
+        """Build an image (buildx where it exists, else the legacy builder), saying so and how long
+        it took; on failure the end of the build's output and one line."""
+        started = time.monotonic()
+        say(f"building {tag}")
         cmd = ["buildx", "build", "--builder", "default", "--load"] if has_buildx() else ["build"]
         cmd += ["--tag", tag]
         if dockerfile is not None:
@@ -330,6 +333,7 @@ class Docker:
             detail = exc.output.strip().splitlines()
             print("\n".join(f"    {line}" for line in detail[-30:]), file=sys.stderr)
             raise UserError(f"building {tag} failed: {exc.why}{build_hint(detail)}") from None
+        say(f"built {tag} in {time.monotonic() - started:.1f} s")
 
     def run_streaming(
         self, image: str, command: list[str], volumes: list[tuple[str | Path, str, str]]

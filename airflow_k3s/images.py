@@ -69,21 +69,6 @@ def pull_specs(config: Mapping[str, Any]) -> list[str]:
     )
 
 
-def build_image(
-    docker: Docker,
-    context: Path,
-    tag: str,
-    dockerfile: Path | None = None,
-    args: Mapping[str, str] | None = None,
-    labels: Mapping[str, str] | None = None,
-) -> None:
-    """Build one image, saying so and how long it took."""
-    started = time.monotonic()
-    say(f"building {tag}")
-    docker.build(context, tag, dockerfile, args, labels)
-    say(f"built {tag} in {time.monotonic() - started:.1f} s")
-
-
 def sync_extra_ca(cfg: Settings) -> None:
     """Copy $EXTRA_CA_BUNDLE into the build contexts that fetch packages (only when it changed)."""
     source = Path(cfg.extra_ca_bundle) if cfg.extra_ca_bundle else None
@@ -145,8 +130,7 @@ def ensure_local_bases(docker: Docker, cfg: Settings) -> None:
             docker.import_rootfs(Path(rootfs), LOCAL_DEBIAN_IMAGE)
     # Built every time: Docker's layer cache makes that a no-op unless python.Dockerfile changed.
     images = cfg.root / "local" / "images"
-    build_image(
-        docker,
+    docker.build(
         images,
         LOCAL_PYTHON_IMAGE,
         images / "python.Dockerfile",
@@ -175,8 +159,7 @@ def ensure_node_image(docker: Docker, cfg: Settings, tag: str) -> None:
         return
     versions = node_versions(cfg.root)
     builder = f"airflow-k3s/go:{versions['GO_VERSION']}-local"
-    build_image(
-        docker,
+    docker.build(
         node_dir / "extra-ca",
         builder,
         node_dir / "builder.Dockerfile",
@@ -196,8 +179,7 @@ def ensure_node_image(docker: Docker, cfg: Settings, tag: str) -> None:
         volumes=[(GO_CACHE_VOLUME, "/cache", "rw"), (node_dir, "/src", "ro"), (out, "/out", "rw")],
     )
     say(f"node binaries built in {time.monotonic() - started:.0f} s")
-    build_image(
-        docker,
+    docker.build(
         node_dir,
         tag,
         node_dir / "Dockerfile",
@@ -225,7 +207,7 @@ def build_all(stack: Stack, worker_only: bool = False) -> None:
         for tag, spec in build_specs(config, active).items():
             context = Path(spec["context"])
             dockerfile = context / spec.get("dockerfile", "Dockerfile")
-            build_image(docker, context, tag, dockerfile, spec.get("args") or {})
+            docker.build(context, tag, dockerfile, spec.get("args") or {})
     build_worker(cfg, docker)
 
 
@@ -238,7 +220,7 @@ def build_worker(cfg: Settings, docker: Docker) -> None:
         dockerfile, args = "byo.Dockerfile", {"WORKER_BASE_IMAGE": cfg.worker_base_image}
     else:
         dockerfile, args = "Dockerfile", {"AIRFLOW_IMAGE": cfg.airflow_image}
-    build_image(docker, context, cfg.worker_image, cfg.root / "worker" / dockerfile, args)
+    docker.build(context, cfg.worker_image, cfg.root / "worker" / dockerfile, args)
 
 
 def push_worker(stack: Stack) -> str:

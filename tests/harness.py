@@ -13,7 +13,6 @@ import shutil
 import socket
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -165,14 +164,14 @@ class Stack:
         """An object's bytes, waiting for it: a worker uploads its task log after the task's state
         is already success (Airflow 3's supervisor uploads when the task process has exited)."""
         s3 = self.s3()
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def fetched() -> bytes:
             try:
                 return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
             except s3.exceptions.NoSuchKey:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
+                return b""
+
+        return shell.poll(f"s3://{bucket}/{key}", fetched, timeout, 1)
 
     def api(self) -> AirflowAPI:
         """A client logged in anew (a test may have changed the password or restarted the API)."""

@@ -102,7 +102,8 @@ def test_find_dag_returns_for_a_known_dag_at_once() -> None:
 
 
 class FakeClock:
-    """The ``time`` module of airflow_api: 5 s pass per look at the clock, sleeping is free."""
+    """The ``time`` module of airflow_api and of the poll helper: 5 s pass per look at the clock,
+    sleeping is free."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -116,7 +117,9 @@ class FakeClock:
 
 
 def test_find_dag_waits_one_refresh_for_a_new_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(airflow_api, "time", FakeClock())
+    clock = FakeClock()
+    monkeypatch.setattr(airflow_api, "time", clock)
+    monkeypatch.setattr("airflow_k3s.shell.time", clock)
     polls: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
