@@ -131,14 +131,16 @@ def worker_pod_env(stack: Stack, name: str, variable: str) -> str:
     pod = yaml.safe_load(shown.stdout)
     pod["metadata"] = {"name": name, "namespace": pod["metadata"]["namespace"]}
     pod["spec"]["restartPolicy"] = "Never"
-    pod["spec"]["containers"][0]["args"] = ["printenv", variable]
+    # The image's entrypoint runs python as given (anything else as `airflow ...`).
+    script = f"import os; print(os.environ[{variable!r}])"
+    pod["spec"]["containers"][0]["args"] = ["python", "-c", script]
     kube = stack.kube
     kube.run("delete", "pod", name, "--ignore-not-found", "--wait=true")
     kube.apply(pod)
     try:
         ended = kube.wait_pod_ended(name, pod["metadata"]["namespace"], timeout=180)
         output = kube.run("logs", name).stdout.strip()
-        assert ended["exitCode"] == 0, f"printenv {variable} in the pod: {output or ended}"
+        assert ended["exitCode"] == 0, f"{variable} in the pod: {output or ended}"
         return output.splitlines()[-1]
     finally:
         kube.run("delete", "pod", name, "--wait=false", check=False)
