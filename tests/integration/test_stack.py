@@ -139,6 +139,11 @@ def test_stack_not_running_is_said_plainly(stack: Stack) -> None:
     assert result.returncode == 4
     assert "the stack is not running" in result.stderr
     assert "Traceback" not in result.stderr
+    status = other.invoke("status")
+    assert status.returncode == 4, "a CI job can read `invoke status`'s exit code"
+    assert status.stderr.strip() == (
+        "project airflow-k3s-not-running: the stack is not running: `make up` starts it"
+    )
 
 
 def test_settings_file_is_applied_at_up_and_again_idempotently(stack: Stack) -> None:
