@@ -273,6 +273,97 @@ def test_node_restart_idle_and_while_a_task_runs(stack: Stack) -> None:
     assert [n["metadata"]["name"] for n in nodes] == ["k3s"]
 
 
+KUBELET_PIDS = (
+    'for p in /proc/[0-9]*; do c="$(tr "\\0" " " <"$p/cmdline" 2>/dev/null)"; '
+    'case "$c" in /*"k3s kubelet "*) echo "${p#/proc/}";; esac; done'
+)
+
+
+def test_a_kubelet_killed_while_a_task_runs_is_restarted_and_the_task_goes_on(
+    stack: Stack,
+) -> None:
+    """The local node supervises its components one by one (like kind's node): SIGKILL of the
+    kubelet while a task's pod runs restarts the kubelet alone; the pod lives on and the task
+    succeeds at its first try."""
+    if stack.images != "local":
+        pytest.skip("IMAGES=upstream: rancher/k3s runs the kubelet inside its one process")
+    run_id = trigger(stack, "example_progress", '{"seconds": 45}')
+    pod = wait_for("the task's pod to be running", lambda: running_pod(stack, run_id), 180, 1)
+    time.sleep(3)
+    before = stack.docker.exec("k3s", ["sh", "-c", KUBELET_PIDS]).split()
+    assert len(before) == 1, f"one kubelet, not {before}"
+    stack.docker.exec("k3s", ["sh", "-c", f"kill -KILL {before[0]}"])
+    after = wait_for(
+        "a new kubelet",
+        lambda: [p for p in stack.docker.exec("k3s", ["sh", "-c", KUBELET_PIDS]).split() if p],
+        60,
+        1,
+    )
+    assert after != before
+    assert "kubelet exited (killed by killed): starting it again in 1s" in (
+        stack.docker.service_log("k3s", tail=400)
+    )
+    state, tis = wait_run(stack, run_id, "example_progress", timeout=420)
+    assert state == "success", tis
+    assert tis["progress"] == ("success", 1), "the task's pod outlived the kubelet"
+    pods = ended_pods(stack, run_id)
+    assert [f"pod/{p['metadata']['name']}" for p in pods] == [pod]
+    wait_healthy(stack)
+
+
+ETCD_PROBE = """
+import json, ssl, urllib.request
+url, seen = "127.0.0.1:2379/health", {}
+try:
+    urllib.request.urlopen("http://" + url, timeout=5).read()
+    seen["http"] = "answered"
+except Exception as exc:
+    seen["http"] = f"{type(exc).__name__}: {exc}"
+tls = ssl.create_default_context(cafile="/etcd/server-ca.crt")
+try:
+    urllib.request.urlopen("https://" + url, context=tls, timeout=5).read()
+    seen["tls without a certificate"] = "answered"
+except Exception as exc:
+    seen["tls without a certificate"] = f"{type(exc).__name__}: {exc}"
+tls.load_cert_chain("/etcd/client.crt", "/etcd/client.key")
+seen["with the node's certificate"] = json.loads(
+    urllib.request.urlopen("https://" + url, context=tls, timeout=5).read()
+)["health"]
+print(json.dumps(seen))
+"""
+
+
+def test_etcd_refuses_a_client_without_its_certificate(stack: Stack, tmp_path: Path) -> None:
+    """etcd (IMAGES=local) speaks TLS only and asks every client for a certificate of its own CA,
+    as k3s's does: from the node's own network namespace, plain HTTP and TLS without a
+    certificate are refused, the API server's client certificate is answered."""
+    if stack.images != "local":
+        pytest.skip("IMAGES=upstream: rancher/k3s runs kine/etcd in-process, not on a port")
+    for name in ("server-ca.crt", "client.crt", "client.key"):
+        text = stack.docker.exec("k3s", ["cat", f"/var/lib/rancher/k3s/server/tls/etcd/{name}"])
+        (tmp_path / name).write_text(text)
+    node = str(stack.container("k3s")["Name"]).lstrip("/")
+    result = stack.docker.docker(
+        "run",
+        "--rm",
+        "--user",
+        "0",
+        f"--network=container:{node}",
+        "-v",
+        f"{tmp_path}:/etcd:ro",
+        "--entrypoint",
+        "python",
+        stack.settings.airflow_image,
+        "-c",
+        ETCD_PROBE,
+    )
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    print("etcd answered:", seen)
+    assert seen["with the node's certificate"] == "true", "the probe can reach etcd"
+    assert seen["http"] != "answered", "plain HTTP is refused"
+    assert "certificate required" in seen["tls without a certificate"].lower()
+
+
 def test_up_twice_changes_nothing(stack: Stack) -> None:
     before = container_ids(stack)
     for attempt in (1, 2):

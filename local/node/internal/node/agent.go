@@ -56,19 +56,22 @@ func (n *Node) writeAgentConfig() error {
 
 func (n *Node) startContainerd(ctx context.Context) error {
 	logPath := n.l.Logs("containerd.log")
-	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	p, err := n.supervise("containerd", func() (*Proc, error) {
+		out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		defer out.Close()
+		p, err := n.sup.Start("containerd", []string{"/usr/local/bin/containerd", "--config", n.l.ContainerdConfig()}, os.Environ(), out)
+		if err != nil {
+			return nil, err
+		}
+		log.Printf("started containerd (pid %d, log %s)", p.cmd.Process.Pid, logPath)
+		return p, nil
+	})
 	if err != nil {
 		return err
 	}
-	p, err := n.sup.Start("containerd", []string{"/usr/local/bin/containerd", "--config", n.l.ContainerdConfig()}, os.Environ(), out)
-	out.Close()
-	if err != nil {
-		return err
-	}
-	n.mu.Lock()
-	n.procs = append(n.procs, p)
-	n.mu.Unlock()
-	log.Printf("started containerd (pid %d, log %s)", p.cmd.Process.Pid, logPath)
 	return waitFor(ctx, 60*time.Second, "containerd to answer", func(ctx context.Context) error {
 		select {
 		case <-p.Done():

@@ -31,6 +31,10 @@ func etcdArgs(c *Config, l Layout) []string {
 		// A node has one member and keeps its data on a volume; a restarted container with a new
 		// name or IP must find the same member, so it is named after the node and on loopback.
 		"--initial-cluster-state=new",
+		"--client-cert-auth=true",
+		"--trusted-ca-file=" + l.Etcd("server-ca.crt"),
+		"--cert-file=" + l.Etcd("server-client.crt"),
+		"--key-file=" + l.Etcd("server-client.key"),
 		"--listen-metrics-urls=http://127.0.0.1:2381",
 		"--log-level=warn",
 		"--quota-backend-bytes=2147483648",
@@ -45,6 +49,9 @@ func apiServerArgs(c *Config, l Layout) []string {
 		"--bind-address=0.0.0.0",
 		"--secure-port=" + strconv.Itoa(c.HTTPSPort),
 		"--etcd-servers=" + etcdClientURL,
+		"--etcd-cafile=" + l.Etcd("server-ca.crt"),
+		"--etcd-certfile=" + l.Etcd("client.crt"),
+		"--etcd-keyfile=" + l.Etcd("client.key"),
 		"--storage-backend=etcd3",
 		"--service-cluster-ip-range=" + c.ServiceCIDR,
 		"--allow-privileged=true",

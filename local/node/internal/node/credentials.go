@@ -58,6 +58,9 @@ func (n *Node) writePKI() error {
 	if err := EnsureKey(l.TLS("service.key")); err != nil {
 		return err
 	}
+	if err := n.writeEtcdPKI(); err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
 	local := fmt.Sprintf("https://127.0.0.1:%d", c.HTTPSPort)
 	for file, base := range map[string]string{
 		l.Cred("admin.kubeconfig"):      l.TLS("client-admin"),
@@ -128,4 +131,32 @@ func joinIPs(ips []net.IP) string {
 		parts[i] = ip.String()
 	}
 	return strings.Join(parts, ", ")
+}
+
+// writeEtcdPKI: etcd's own CA (k3s's etcd/server-ca), etcd's serving certificate on loopback, and
+// the client certificate the API server and the node's health check present; etcd refuses any
+// client without one.
+func (n *Node) writeEtcdPKI() error {
+	l := n.l
+	ca, err := EnsureCA(l.Etcd("server-ca"), "airflow-k3s-etcd-server-ca")
+	if err != nil {
+		return err
+	}
+	if _, err := EnsureLeaf(l.Etcd("server-client"), ca, CertSpec{
+		CommonName: "etcd-server", DNSNames: []string{"localhost"},
+		IPs: []net.IP{net.ParseIP("127.0.0.1")}, Server: true, Client: true,
+	}); err != nil {
+		return err
+	}
+	if _, err := EnsureLeaf(l.Etcd("client"), ca, CertSpec{CommonName: "etcd-client", Client: true}); err != nil {
+		return err
+	}
+	client, err := tls.LoadX509KeyPair(l.Etcd("client.crt"), l.Etcd("client.key"))
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	n.etcdTLS = &tls.Config{Certificates: []tls.Certificate{client}, RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return nil
 }

@@ -15,8 +15,11 @@ const (
 	kubeletRootDir   = "/var/lib/kubelet"
 	cniBinDir        = "/usr/lib/cni"
 	builtinImagesDir = "/usr/share/airflow-k3s/images"
-	etcdClientURL    = "http://127.0.0.1:2379"
-	etcdPeerURL      = "http://127.0.0.1:2380"
+	// etcd serves its clients (the API server, the node's health check) over TLS and asks each
+	// for a certificate of its own CA, as k3s's etcd does; its one member's peer URL stays on
+	// loopback.
+	etcdClientURL = "https://127.0.0.1:2379"
+	etcdPeerURL   = "http://127.0.0.1:2380"
 )
 
 // Layout names every file and folder of one node.
@@ -30,6 +33,7 @@ func (l Layout) TLS(name string) string     { return l.path("server", "tls", nam
 func (l Layout) Cred(name string) string    { return l.path("server", "cred", name) }
 func (l Layout) Agent(name string) string   { return l.path("agent", name) }
 func (l Layout) Manifests() string          { return l.path("server", "manifests") }
+func (l Layout) Etcd(name string) string    { return l.path("server", "tls", "etcd", name) }
 func (l Layout) EtcdDir() string            { return l.path("server", "db", "etcd") }
 func (l Layout) ContainerdRoot() string     { return l.path("agent", "containerd") }
 func (l Layout) ContainerdConfig() string   { return l.path("agent", "etc", "containerd", "config.toml") }

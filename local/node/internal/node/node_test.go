@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func noEnv(string) string { return "" }
@@ -225,5 +226,97 @@ func TestComponentFlagsTheNodeRelieson(t *testing.T) {
 	}
 	if !strings.Contains(cniConfig(cfg), `"subnet": "10.42.0.0/24"`) {
 		t.Error("the CNI subnet is the node's pod subnet")
+	}
+}
+
+func TestEtcdServesOnlyClientsWithItsCertificates(t *testing.T) {
+	cfg, err := LoadConfig([]string{"--node-name=k3s", "--node-ip=172.18.0.5", "--resolv-conf=/r"}, noEnv, "/nonexistent")
+	must(t, err)
+	l := Layout{DataDir: "/d"}
+	if !strings.HasPrefix(etcdClientURL, "https://127.0.0.1:") {
+		t.Fatalf("etcd's client URL is %s", etcdClientURL)
+	}
+	etcd := etcdArgs(cfg, l)
+	for _, want := range []string{"--client-cert-auth=true", "--trusted-ca-file=/d/server/tls/etcd/server-ca.crt",
+		"--cert-file=/d/server/tls/etcd/server-client.crt", "--key-file=/d/server/tls/etcd/server-client.key",
+		"--listen-client-urls=" + etcdClientURL} {
+		if !contains(etcd, want) {
+			t.Errorf("etcd lacks %s", want)
+		}
+	}
+	api := apiServerArgs(cfg, l)
+	for _, want := range []string{"--etcd-cafile=/d/server/tls/etcd/server-ca.crt",
+		"--etcd-certfile=/d/server/tls/etcd/client.crt", "--etcd-keyfile=/d/server/tls/etcd/client.key"} {
+		if !contains(api, want) {
+			t.Errorf("kube-apiserver lacks %s", want)
+		}
+	}
+	n := &Node{cfg: cfg, l: Layout{DataDir: t.TempDir()}}
+	must(t, n.writeEtcdPKI())
+	if n.etcdTLS == nil || len(n.etcdTLS.Certificates) != 1 || n.etcdTLS.RootCAs == nil {
+		t.Fatalf("the node's etcd client: %+v", n.etcdTLS)
+	}
+	for _, name := range []string{"server-ca.key", "server-client.key", "client.key"} {
+		info, err := os.Stat(n.l.Etcd(name))
+		must(t, err)
+		if info.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %o", name, info.Mode().Perm())
+		}
+	}
+}
+
+func TestACertificateWithAnotherKeyIsMadeAnew(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := EnsureCA(filepath.Join(dir, "ca"), "test-ca")
+	must(t, err)
+	spec := CertSpec{CommonName: "etcd-client", Client: true}
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	for _, base := range []string{a, b} {
+		_, err := EnsureLeaf(base, ca, spec)
+		must(t, err)
+	}
+	other, err := os.ReadFile(b + ".key")
+	must(t, err)
+	must(t, os.WriteFile(a+".key", other, 0o600)) // a's certificate, b's key
+	if _, _, _, err := loadPair(a); err == nil || !strings.Contains(err.Error(), "is not the key of") {
+		t.Fatalf("a mismatched pair loaded: %v", err)
+	}
+	made, err := EnsureLeaf(a, ca, spec)
+	must(t, err)
+	if !made {
+		t.Fatal("a mismatched pair must be made anew")
+	}
+	if _, _, _, err := loadPair(a); err != nil {
+		t.Fatalf("after: %v", err)
+	}
+}
+
+func TestAComponentThatExitsIsStartedAgainWithBackoffThenGivenUp(t *testing.T) {
+	r := NewRestartPolicy()
+	now := time.Now()
+	var delays []time.Duration
+	for i := 0; i < r.Max; i++ {
+		d, err := r.Next("kubelet", now.Add(time.Duration(i)*time.Second))
+		must(t, err)
+		delays = append(delays, d)
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second}
+	for i := range want {
+		if delays[i] != want[i] {
+			t.Fatalf("delays %v, want %v", delays, want)
+		}
+	}
+	if _, err := r.Next("kubelet", now.Add(10*time.Second)); err == nil {
+		t.Fatal("the sixth exit within the window must stop the node")
+	}
+	if d, err := r.Next("etcd", now); err != nil || d != time.Second {
+		t.Fatalf("each component counts its own exits: %v %v", d, err)
+	}
+	later := NewRestartPolicy()
+	for i := 0; i < 10; i++ { // one exit every 10 minutes is no crash loop
+		d, err := later.Next("kube-proxy", now.Add(time.Duration(i)*10*time.Minute))
+		if err != nil || d != time.Second {
+			t.Fatalf("exit %d: %v %v", i, d, err)
+		}
 	}
 }

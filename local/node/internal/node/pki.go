@@ -189,6 +189,12 @@ func loadPair(base string) (*x509.Certificate, crypto.Signer, []byte, error) {
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	// A certificate with another key (a write cut between the two files, a hand edit) is no pair:
+	// callers make both anew rather than serve a certificate nobody can use.
+	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(cert.PublicKey) {
+		return nil, nil, nil, errors.New(base + ".key is not the key of " + base + ".crt")
+	}
 	return cert, key, certPEM, nil
 }
 

@@ -26,6 +26,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -68,6 +69,10 @@ type Node struct {
 	procs []*Proc
 	mu    sync.Mutex
 	tls   *tls.Config
+	// etcdTLS is the node's etcd client: its certificate, etcd's CA.
+	etcdTLS *tls.Config
+	// specs: how each supervised component was started, to start it again.
+	specs map[string]func() (*Proc, error)
 }
 
 func (n *Node) Run() error {
@@ -86,11 +91,42 @@ func (n *Node) Run() error {
 		return errors.New("no --resolv-conf: the kubelet needs a resolv.conf with a nameserver pods can reach (k3s/entrypoint.sh writes one and passes it)")
 	}
 
+	// SIGTERM or SIGINT at any time, start-up included: every wait ends and the node stops.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stop := make(chan os.Signal, 2)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	var stopped atomic.Bool
+	go func() {
+		sig := <-stop
+		log.Printf("%s: stopping the node", sig)
+		stopped.Store(true)
+		cancel()
+	}()
 
+	if err := n.startUp(ctx); err != nil {
+		if stopped.Load() {
+			n.shutdown()
+			return nil
+		}
+		return n.fail(err)
+	}
+	applier := &Applier{Dir: n.l.Manifests(), Kubectl: n.kubectl}
+	go applier.Loop(ctx, 5*time.Second)
+	go n.labelNode(ctx)
+	step("running; the manifests folder " + n.l.Manifests() + " is kept applied")
+	err = n.keep(ctx, NewRestartPolicy())
+	n.shutdown()
+	if stopped.Load() {
+		return nil
+	}
+	log.Printf("ERROR: %v", err)
+	return err
+}
+
+// startUp starts every component in order, waiting where the next one needs the last.
+func (n *Node) startUp(ctx context.Context) error {
+	c := n.cfg
 	step("certificates and kubeconfigs")
 	if err := n.writePKI(); err != nil {
 		return fmt.Errorf("certificates: %w", err)
@@ -102,27 +138,27 @@ func (n *Node) Run() error {
 
 	step("containerd")
 	if err := n.startContainerd(ctx); err != nil {
-		return n.fail(err)
+		return err
 	}
 	if err := n.importImages(ctx); err != nil {
-		return n.fail(err)
+		return err
 	}
 
 	step("etcd and kube-apiserver")
 	if _, err := n.start("etcd", "etcd", etcdArgs(c, n.l)); err != nil {
-		return n.fail(err)
+		return err
 	}
 	if err := waitFor(ctx, 60*time.Second, "etcd to be healthy", n.etcdHealthy); err != nil {
-		return n.fail(err)
+		return err
 	}
 	if _, err := n.start("kube-apiserver", "kube-apiserver", apiServerArgs(c, n.l)); err != nil {
-		return n.fail(err)
+		return err
 	}
 	if err := waitFor(ctx, 120*time.Second, "kube-apiserver to be ready", n.apiReady); err != nil {
-		return n.fail(err)
+		return err
 	}
 	if err := n.writeAddons(); err != nil {
-		return n.fail(err)
+		return err
 	}
 
 	step("kube-controller-manager, kube-scheduler, kubelet and kube-proxy")
@@ -136,35 +172,103 @@ func (n *Node) Run() error {
 		{"kube-proxy", kubeProxyArgs(c, n.l)},
 	} {
 		if _, err := n.start(comp.name, comp.name, comp.args); err != nil {
-			return n.fail(err)
+			return err
 		}
 	}
+	return n.writeKubeconfigOutput()
+}
 
-	if err := n.writeKubeconfigOutput(); err != nil {
-		return n.fail(err)
-	}
-	applier := &Applier{Dir: n.l.Manifests(), Kubectl: n.kubectl}
-	go applier.Loop(ctx, 5*time.Second)
-	go n.labelNode(ctx)
-	step("running; the manifests folder " + n.l.Manifests() + " is kept applied")
-
-	exited := make(chan *Proc, len(n.procs))
+// keep supervises the components, each on its own, as kind's node does with systemd: one that
+// exits is started again after a backoff, while the others (and the pods, which run under
+// containerd's shims) go on. It returns when the node stops, or when a component keeps failing.
+func (n *Node) keep(ctx context.Context, policy *RestartPolicy) error {
+	exited := make(chan *Proc, 16)
+	watch := func(p *Proc) { go func() { <-p.Done(); exited <- p }() }
+	n.mu.Lock()
 	for _, p := range n.procs {
-		go func(p *Proc) { <-p.Done(); exited <- p }(p)
+		watch(p)
 	}
-	select {
-	case sig := <-stop:
-		log.Printf("%s: stopping the node", sig)
-		cancel()
-		n.shutdown()
-		return nil
-	case p := <-exited:
-		cancel()
-		err := fmt.Errorf("%s exited (%s): stopping the node (its log is above)", p.Name, describe(p.Status))
-		log.Printf("ERROR: %v", err)
-		n.shutdown()
-		return err
+	n.mu.Unlock()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case p := <-exited:
+			delay, err := policy.Next(p.Name, time.Now())
+			if err != nil {
+				return fmt.Errorf("%s exited (%s) %v: stopping the node (its log is above)", p.Name, describe(p.Status), err)
+			}
+			log.Printf("%s exited (%s): starting it again in %s", p.Name, describe(p.Status), delay)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(delay):
+			}
+			again, err := n.restart(p)
+			if err != nil {
+				return fmt.Errorf("%s could not be started again: %w", p.Name, err)
+			}
+			watch(again)
+		}
 	}
+}
+
+// restart starts an exited component the way it was started, in its place in n.procs.
+func (n *Node) restart(old *Proc) (*Proc, error) {
+	n.mu.Lock()
+	again := n.specs[old.Name]
+	n.mu.Unlock()
+	if again == nil {
+		return nil, fmt.Errorf("no way to start %s known", old.Name)
+	}
+	p, err := again()
+	if err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	kept := n.procs[:0]
+	for _, q := range n.procs {
+		if q != old && q != p {
+			kept = append(kept, q)
+		}
+	}
+	n.procs = append(kept, p)
+	return p, nil
+}
+
+// RestartPolicy decides, for a component that exited, how long to wait before starting it
+// again: 1 s, doubling with each exit within Window up to MaxDelay; after Max exits within
+// Window the node gives up (a component that cannot run is a node that cannot work).
+type RestartPolicy struct {
+	Window   time.Duration
+	Max      int
+	MaxDelay time.Duration
+	exits    map[string][]time.Time
+}
+
+func NewRestartPolicy() *RestartPolicy {
+	return &RestartPolicy{Window: 5 * time.Minute, Max: 5, MaxDelay: 30 * time.Second, exits: map[string][]time.Time{}}
+}
+
+// Next records an exit of name at now: the delay before the next start, or an error to give up.
+func (r *RestartPolicy) Next(name string, now time.Time) (time.Duration, error) {
+	var recent []time.Time
+	for _, t := range r.exits[name] {
+		if now.Sub(t) < r.Window {
+			recent = append(recent, t)
+		}
+	}
+	recent = append(recent, now)
+	r.exits[name] = recent
+	if len(recent) > r.Max {
+		return 0, fmt.Errorf("%d times within %s", len(recent), r.Window)
+	}
+	delay := time.Second << (len(recent) - 1)
+	if delay > r.MaxDelay {
+		delay = r.MaxDelay
+	}
+	return delay, nil
 }
 
 // Versions, set by local/node/build.sh with -ldflags -X (KubernetesVersion by main).
@@ -198,16 +302,33 @@ func (n *Node) fail(err error) error {
 	return err
 }
 
-// start runs this binary as component name, with its output on the node's.
+// start runs this binary as component name, with its output on the node's; the supervisor
+// (keep) starts it again the same way if it exits.
 func (n *Node) start(label, name string, args []string) (*Proc, error) {
-	p, err := n.sup.Start(label, append([]string{n.self, name}, args...), os.Environ(), os.Stderr)
+	launch := func() (*Proc, error) {
+		p, err := n.sup.Start(label, append([]string{n.self, name}, args...), os.Environ(), os.Stderr)
+		if err != nil {
+			return nil, err
+		}
+		log.Printf("started %s (pid %d)", label, p.cmd.Process.Pid)
+		return p, nil
+	}
+	return n.supervise(label, launch)
+}
+
+// supervise starts a component with launch, and keeps launch to start it again.
+func (n *Node) supervise(label string, launch func() (*Proc, error)) (*Proc, error) {
+	p, err := launch()
 	if err != nil {
 		return nil, err
 	}
 	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.specs == nil {
+		n.specs = map[string]func() (*Proc, error){}
+	}
+	n.specs[label] = launch
 	n.procs = append(n.procs, p)
-	n.mu.Unlock()
-	log.Printf("started %s (pid %d)", label, p.cmd.Process.Pid)
 	return p, nil
 }
 
@@ -245,7 +366,8 @@ func (n *Node) kubectl(ctx context.Context, args ...string) ([]byte, error) {
 
 func (n *Node) etcdHealthy(ctx context.Context) error {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, etcdClientURL+"/health", nil)
-	resp, err := http.DefaultClient.Do(req)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: n.etcdTLS}, Timeout: 5 * time.Second}
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
