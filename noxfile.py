@@ -23,7 +23,10 @@ nox.options.sessions = ["lint", "unit"]
 
 PYTHON = "3.11"  # the Airflow image's Python (airflow/requirements.txt is locked for it)
 AIRFLOW_LOCK = "airflow/requirements.txt"
-K8S_MANIFESTS = ["airflow/pod_template.yaml", "k3s/manifests/shared-volume.yaml"]
+K8S_MANIFESTS = [
+    "airflow/pod_template.yaml",
+    *sorted(str(p) for p in Path("k3s/manifests").glob("*.yaml")),
+]
 
 
 def k8s_schema_version() -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 import httpx
+import yaml
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
@@ -156,8 +157,12 @@ def parse(c: Context) -> None:
 )
 @cli
 def pod_yaml(c: Context, dag_id: str, task_id: str) -> None:
-    """The pod the executor would create for a task (template, config, pod_override), as YAML."""
-    print(dag_checks.pod_yaml(Stack.load(), dag_id, task_id), end="")
+    """The pod the executor would make for a task, as YAML, and the Pod Security levels it meets."""
+    stack = Stack.load()
+    text = dag_checks.pod_yaml(stack, dag_id, task_id)
+    print(text, end="", flush=True)
+    for level, broken in dag_checks.pod_security(stack, yaml.safe_load(text)).items():
+        say(f"Pod Security {level}: " + (f"refused: {broken}" if broken else "admitted"))
 
 
 @task(

@@ -77,7 +77,9 @@ def wait_http(url: str, method: str, timeout: float) -> None:
 
 
 def _cmd_kubeconfig(args: argparse.Namespace) -> None:
-    text = wait_for_file(Path(args.src), args.timeout, "k3s's kubeconfig")
+    text = wait_for_file(
+        Path(args.src), args.timeout, "this service's kubeconfig (kube-credentials)"
+    )
     write_private(Path(args.dst), rewrite_kubeconfig(text, args.server))
     print(f"airflow-k3s: kubeconfig for {args.server} written to {args.dst}", file=sys.stderr)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from airflow_k3s import cluster, shell
+from airflow_k3s import cluster, identities, shell
 from airflow_k3s.boundary import Stack
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.generated import worker_secret_data
@@ -48,7 +48,10 @@ def parse_result(stdout: str) -> tuple[list[str], list[DagImportError]]:
 def parse_dags(stack: Stack) -> tuple[list[str], list[DagImportError]]:
     """Import every DAG file inside the worker image (as a pod would), with the workers' config."""
     cfg = stack.cfg
-    env_args = [arg for key, value in cfg.airflow_env.items() for arg in ("-e", f"{key}={value}")]
+    # The whole traceback (Airflow keeps its last 2 frames), so that the DAG file's own line is
+    # named when the error is raised deep in a library.
+    env = {**cfg.airflow_env, "AIRFLOW__CORE__DAGBAG_IMPORT_ERROR_TRACEBACK_DEPTH": "100"}
+    env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
     say(f"importing every DAG file in {cfg.worker_image}")
     args = ("run", "--rm", *env_args, "--entrypoint", "python", cfg.worker_image)
     result = stack.docker.docker(*args, *CONTAINER_CLI[1:], "parse-dags", check=False)
@@ -77,6 +80,38 @@ def in_scheduler(stack: Stack, *args: str) -> str:
 def pod_yaml(stack: Stack, dag_id: str, task_id: str) -> str:
     stack.require("airflow-scheduler")
     return in_scheduler(stack, "pod-yaml", dag_id, task_id)
+
+
+def pod_security(stack: Stack, pod: dict[str, Any]) -> dict[str, str]:
+    """level -> '' if the API server would admit ``pod`` in a namespace that enforces the level,
+    else what it says the pod violates: a server-side dry run in each check namespace
+    (k3s/manifests/pod-security-checks.yaml), nothing created."""
+    stack.kube.require_kubeconfig()
+    verdicts = {}
+    for level in identities.CHECKED_LEVELS:
+        doc = json.loads(json.dumps(pod))
+        doc["metadata"]["namespace"] = identities.check_namespace(level)
+        # The account exists in the executor's namespace only; Pod Security does not read it.
+        doc["spec"].pop("serviceAccountName", None)
+        doc["spec"].pop("serviceAccount", None)
+        result = stack.kube.run(
+            "create",
+            "--dry-run=server",
+            "-o",
+            "name",
+            "-f",
+            "-",
+            input=json.dumps(doc),
+            check=False,
+        )
+        if result.returncode == 0:
+            verdicts[level] = ""
+            continue
+        found = identities.violations(result.stderr)
+        if not found:
+            raise UserError(f"the {level} check could not run: {shell.failure_line(result.stderr)}")
+        verdicts[level] = found
+    return verdicts
 
 
 #: The Secret the task-test pod reads the metadata DB's address from (`airflow tasks test` runs

@@ -23,8 +23,8 @@ from airflow_k3s.shell import CommandFailed, say
 
 MIN_COMPOSE = (2, 24, 0)
 INSTALLER = "local/ensure-docker.sh"
-#: A one-shot service: ready once it has exited 0.
-ONE_SHOT = "airflow-init"
+#: One-shot services: ready once they have exited 0.
+ONE_SHOTS = frozenset({"airflow-init", "kube-credentials"})
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -56,7 +56,7 @@ def not_ready(states: Mapping[str, str], expected: set[str]) -> dict[str, str]:
     pending = {}
     for service in sorted(expected):
         state = states.get(service, "missing")
-        ok = state == "exited(0)" if service == ONE_SHOT else state in ("healthy", "running")
+        ok = state == "exited(0)" if service in ONE_SHOTS else state in ("healthy", "running")
         if not ok:
             pending[service] = state
     return pending

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -9,10 +10,10 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from airflow_k3s import airflow_objects, images, shell, userfiles
+from airflow_k3s import airflow_objects, identities, images, shell, userfiles
 from airflow_k3s.boundary import Stack
 from airflow_k3s.cluster import K3S_KUBECONFIG, write_kubeconfigs
-from airflow_k3s.docker import ONE_SHOT, failed_services
+from airflow_k3s.docker import ONE_SHOTS, failed_services
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.generated import (
     ADMIN_USER,
@@ -21,7 +22,6 @@ from airflow_k3s.generated import (
     generate_secrets,
     parse_env_file,
     render_env_file,
-    render_kpo_rbac,
     render_worker_secret,
     worker_env,
     write_private,
@@ -45,7 +45,10 @@ def ensure_secrets(cfg: Settings) -> Settings:
     namespace = worker.get("AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE", "default")
     secret = render_worker_secret(worker, namespace)
     write_private(cfg.generated / "k3s" / f"{WORKER_SECRET_NAME}.yaml", secret)
-    write_private(cfg.generated / "k3s" / "airflow-kpo-rbac.yaml", render_kpo_rbac(namespace))
+    rendered = cfg.generated / "k3s"
+    write_private(rendered / "airflow-identities.yaml", identities.render(namespace))
+    kpo = identities.render(namespace, (identities.KPO,))
+    write_private(rendered / "airflow-kpo-rbac.yaml", kpo)
     return dataclasses.replace(cfg, secrets=effective)
 
 
@@ -83,19 +86,30 @@ def up(stack: Stack, build: bool, timeout: float) -> None:
     say(f"starting the stack (project {cfg.project}, IMAGES={cfg.images})")
     try:
         docker.up()
-    except UserError:
-        docker.wait_healthy(timeout=0)  # prints what failed and its logs, then fails
-        raise
+    except UserError as exc:
+        with contextlib.suppress(UserError):
+            docker.wait_healthy(timeout=0)  # prints the services' states and logs
+        raise exc from None  # compose's own reason (a port taken by Docker itself, ...)
     docker.wait_healthy(timeout)
     images.push_worker(stack)
     host, _ = refresh_kubeconfigs(stack)
     say(f"kubeconfig for the host: {host}")
+    apply_pod_security(stack)
     stack.kube.wait_worker_secret(worker_env(cfg.airflow_env, dict(cfg.secrets)))
     apply_settings(stack)
     print(
         f"Airflow UI: {cfg.airflow_url}  (user {ADMIN_USER}, password: "
         f"AIRFLOW_ADMIN_PASSWORD in .env)"
     )
+
+
+def apply_pod_security(stack: Stack) -> None:
+    """The executor's namespace enforces the Pod Security level of the settings (a namespace
+    label that the API server's own admission reads: a pod that breaks it is refused)."""
+    cfg = stack.cfg
+    labels = identities.pod_security_labels(cfg.pod_security)
+    stack.kube.run("label", "namespace", cfg.namespace, "--overwrite", *labels)
+    say(f"namespace {cfg.namespace} enforces Pod Security level {cfg.pod_security} (POD_SECURITY)")
 
 
 def read_k3s_kubeconfig(stack: Stack, timeout: float) -> str:
@@ -158,7 +172,7 @@ def clean(stack: Stack) -> None:
 def status_problem(states: dict[str, str]) -> tuple[str, ExitCode] | None:
     """What is wrong with the stack, from its services' states, and the exit code that says it:
     not running (no service up), or services unhealthy or exited with an error."""
-    if not any(not st.startswith("exited") for s, st in states.items() if s != ONE_SHOT):
+    if not any(not st.startswith("exited") for s, st in states.items() if s not in ONE_SHOTS):
         return "the stack is not running: `make up` starts it", ExitCode.NOT_RUNNING
     bad = failed_services(states)
     if bad:

@@ -25,6 +25,9 @@ COMPOSE_FILE = "docker-compose.yml"
 LOCAL_COMPOSE_FILE = "local/compose.local.yml"
 NODE_VERSIONS_FILE = "local/node/versions.env"
 IMAGE_SOURCES = ("upstream", "local")
+#: Pod Security Standards levels, as the namespace label pod-security.kubernetes.io/enforce takes
+#: them: privileged enforces nothing (most clusters' namespaces), restricted the most.
+POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")
 DEMO_DAG = "demo_rest_to_s3"
 #: Where hosts keep the CA bundle they trust (Debian/Ubuntu, Fedora/RHEL, macOS/Alpine): image
 #: builds use the first that exists unless EXTRA_CA_BUNDLE names another, or `none`.
@@ -150,6 +153,8 @@ class Settings:
     pod_template: Path = ROOT / "airflow" / "pod_template.yaml"
     #: The Airflow configuration of every service and worker pod ($AIRFLOW_ENV_FILE).
     airflow_env_file: Path = ROOT / "airflow" / "airflow.env"
+    #: The Pod Security level the executor's namespace enforces ($POD_SECURITY).
+    pod_security: str = "privileged"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, root: Path = ROOT) -> Settings:
@@ -162,6 +167,13 @@ class Settings:
         images = merged.get("IMAGES", "upstream")
         if images not in IMAGE_SOURCES:
             raise UserError(f"IMAGES must be 'upstream' or 'local', not {images!r}", ExitCode.USAGE)
+        pod_security = merged.get("POD_SECURITY") or "privileged"
+        if pod_security not in POD_SECURITY_LEVELS:
+            raise UserError(
+                f"POD_SECURITY must be one of {', '.join(POD_SECURITY_LEVELS)}, not "
+                f"{pod_security!r}",
+                ExitCode.USAGE,
+            )
         ports: dict[str, int] = {}
         for port in published_ports(root):
             raw = merged.get(port.variable, str(port.default))
@@ -189,6 +201,7 @@ class Settings:
             airflow_env_file=_path(
                 merged.get("AIRFLOW_ENV_FILE"), root / "airflow" / "airflow.env"
             ),
+            pod_security=pod_security,
         )
 
     @functools.cached_property
@@ -201,6 +214,11 @@ class Settings:
             raise UserError(
                 f"AIRFLOW_ENV_FILE={self.airflow_env_file}: no such file", ExitCode.USAGE
             ) from None
+
+    @property
+    def namespace(self) -> str:
+        """The executor's namespace (airflow.env): its pods, their Secret, the identities."""
+        return self.airflow_env.get("AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE", "default")
 
     @property
     def local(self) -> bool:
@@ -240,6 +258,7 @@ class Settings:
             "DAGS_DIR": str(self.dags_dir),
             "POD_TEMPLATE": str(self.pod_template),
             "AIRFLOW_ENV_FILE": str(self.airflow_env_file),
+            "AIRFLOW_K3S_NAMESPACE": self.namespace,
         }
         if self.local:
             env["PYTHON_BASE_IMAGE"] = LOCAL_PYTHON_IMAGE

@@ -4,6 +4,9 @@
   kernel kills it, the pod's container ends ``OOMKilled``.
 - ``faults_rejected``: a pod_override the API server refuses (a label value Kubernetes does not
   allow): no pod is created, the task fails at once.
+- ``faults_privileged``: a pod_override that asks for a privileged container, which the
+  ``baseline`` and ``restricted`` Pod Security levels refuse (POD_SECURITY): with either, the API
+  server refuses the pod and the task fails at once, saying why.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ LIMITED = k8s.V1Pod(
 REJECTED = k8s.V1Pod(
     metadata=k8s.V1ObjectMeta(labels={"airflow-k3s/invalid": "not a valid value!"})
 )
+PRIVILEGED = k8s.V1Pod(
+    spec=k8s.V1PodSpec(
+        containers=[
+            k8s.V1Container(name="base", security_context=k8s.V1SecurityContext(privileged=True))
+        ]
+    )
+)
 
 
 @task(executor_config={"pod_override": LIMITED})
@@ -40,6 +50,11 @@ def refused() -> None:
     """Never runs: its pod is refused by the API server."""
 
 
+@task(executor_config={"pod_override": PRIVILEGED})
+def privileged() -> None:
+    """Refused where the namespace enforces baseline or restricted Pod Security."""
+
+
 @dag(dag_id="faults_oom", schedule=None, catchup=False, tags=["faults"], doc_md=__doc__)
 def faults_oom() -> None:
     hog()
@@ -50,5 +65,11 @@ def faults_rejected() -> None:
     refused()
 
 
+@dag(dag_id="faults_privileged", schedule=None, catchup=False, tags=["faults"], doc_md=__doc__)
+def faults_privileged() -> None:
+    privileged()
+
+
 faults_oom()
 faults_rejected()
+faults_privileged()

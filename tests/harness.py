@@ -38,6 +38,7 @@ SERVICES = {
     "registry",
     "k3s",
     "airflow-init",
+    "kube-credentials",
     "airflow-apiserver",
     "airflow-scheduler",
     "airflow-dag-processor",

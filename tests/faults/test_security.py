@@ -112,9 +112,14 @@ def test_resolved_compose_config_is_locked_down(stack: Stack, images: str) -> No
             assert port["host_ip"] == "127.0.0.1", f"{images}/{name} publishes {port}"
         privileged = images == "upstream" and name == "k3s"
         assert bool(svc.get("privileged")) == privileged, f"{images}/{name} privileged"
-        # Only the local node gets capabilities, and never SYS_RESOURCE (refused by these hosts).
+        # Only the local node gets capabilities, and never SYS_RESOURCE (refused by these hosts);
+        # kube-credentials drops all but CHOWN (it hands each kubeconfig to the Airflow user).
         caps = set(svc.get("cap_add") or [])
-        assert bool(caps) == (images == "local" and name == "k3s"), f"{images}/{name} cap_add"
+        if name == "kube-credentials":
+            assert caps == {"CHOWN"}, f"{images}/{name} cap_add"
+            assert set(svc.get("cap_drop") or []) == {"ALL"}, f"{images}/{name} cap_drop"
+        else:
+            assert bool(caps) == (images == "local" and name == "k3s"), f"{images}/{name} cap_add"
         assert "SYS_RESOURCE" not in caps
         assert svc.get("network_mode") in (None, "default") or "host" not in svc["network_mode"]
         sockets = [v for v in svc.get("volumes", []) if v.get("source") == "/var/run/docker.sock"]

@@ -135,7 +135,10 @@ def test_only_k3s_is_privileged() -> None:
     assert privileged == {"k3s"}
     assert not [n for n, s in LOCAL["services"].items() if s.get("privileged")]
     for name, svc in SERVICES.items():
-        assert not svc.get("cap_add"), name
+        # kube-credentials runs as root to hand each kubeconfig to the Airflow user: CHOWN only.
+        assert svc.get("cap_add", []) == (["CHOWN"] if name == "kube-credentials" else []), name
+        if name == "kube-credentials":
+            assert svc["cap_drop"] == ["ALL"]
         assert not svc.get("security_opt"), name
         assert svc.get("network_mode") != "host", name
     for name, svc in LOCAL["services"].items():
@@ -177,7 +180,14 @@ def test_the_local_node_config_drop_in_is_mounted_into_k3s_config_dir() -> None:
 
 def test_every_service_of_the_override_uses_a_local_image() -> None:
     overridden = LOCAL["services"]
-    assert set(overridden) == {"postgres", "s3", "registry", "mockserver", "k3s"}
+    assert set(overridden) == {
+        "postgres",
+        "s3",
+        "registry",
+        "mockserver",
+        "k3s",
+        "kube-credentials",
+    }
     assert set(overridden) <= set(SERVICES)
     for name, svc in overridden.items():
         image = svc["image"]
@@ -196,7 +206,9 @@ def test_local_builds_use_the_local_bases_and_their_dockerfiles_exist() -> None:
     for name, svc in LOCAL["services"].items():
         build = svc.get("build")
         if build is None:
-            assert name == "k3s", f"{name} is neither built by compose nor by the task library"
+            assert name in ("k3s", "kube-credentials"), (
+                f"{name} is neither built by compose nor by the task library"
+            )
             continue
         dockerfile = REPO / build["context"] / build["dockerfile"]
         assert dockerfile.is_file(), f"{name}: {dockerfile}"
@@ -261,7 +273,7 @@ def test_k3s_command_fixes_the_node_name_and_pulls_through_the_mirror_only() -> 
 
 def test_every_long_running_service_has_a_healthcheck() -> None:
     one_shot = {n for n, s in SERVICES.items() if s.get("restart") == "no"}
-    assert one_shot == {"airflow-init"}
+    assert one_shot == {"airflow-init", "kube-credentials"}
     for name, svc in SERVICES.items():
         if name in one_shot or name == "mockserver":
             continue
@@ -324,13 +336,45 @@ def test_airflow_services_share_one_common_definition() -> None:
         svc = SERVICES[name]
         for key in ("image", "build", "user", "env_file", "environment", "volumes"):
             value = svc[key]
-            if name == "airflow-init" and key == "environment":
-                # The one difference: the one-shot waits for no kubeconfig (it needs no cluster).
+            if name in NO_CLUSTER_CREDENTIAL and key == "environment":
+                # The one difference: they wait for no kubeconfig (they get no credential).
+                assert value["AIRFLOW_K3S_KUBECONFIG_SRC"] == ""
                 value = {
                     **value,
                     "AIRFLOW_K3S_KUBECONFIG_SRC": common[key]["AIRFLOW_K3S_KUBECONFIG_SRC"],
                 }
+            if name not in NO_CLUSTER_CREDENTIAL and key == "volumes":
+                # The other: each mounts its own credential's volume, and no other's.
+                assert value[-1] == f"kube-{name.removeprefix('airflow-')}:/kube:ro", name
+                value = value[:-1]
             assert value == common[key], f"{name}.{key} differs from x-airflow-common"
+
+
+#: The Airflow services that hold no cluster credential at all.
+NO_CLUSTER_CREDENTIAL = {"airflow-init", "airflow-dag-processor"}
+
+
+def test_only_kube_credentials_and_k3s_see_the_admin_kubeconfig() -> None:
+    readers = {
+        name
+        for name, svc in SERVICES.items()
+        for volume in svc.get("volumes", [])
+        if str(volume).startswith("k3s-output:")
+    }
+    assert readers == {"k3s", "kube-credentials"}
+    assert SERVICES["k3s"]["environment"]["K3S_KUBECONFIG_MODE"] == "600"
+    mounts = {
+        name: sorted(
+            str(v).split(":")[0] for v in svc.get("volumes", []) if str(v).startswith("kube-")
+        )
+        for name, svc in SERVICES.items()
+    }
+    assert {n: m for n, m in mounts.items() if m} == {
+        "kube-credentials": ["kube-apiserver", "kube-scheduler", "kube-triggerer"],
+        "airflow-apiserver": ["kube-apiserver"],
+        "airflow-scheduler": ["kube-scheduler"],
+        "airflow-triggerer": ["kube-triggerer"],
+    }
 
 
 def test_airflow_services_get_the_config_file_and_secrets_by_interpolation() -> None:

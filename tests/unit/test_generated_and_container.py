@@ -466,15 +466,3 @@ def test_the_container_cli_imports_nothing_of_the_host_library() -> None:
         "airflow_k3s.generated",
         "airflow_k3s.shell",
     ]
-
-
-def test_kpo_rbac_allows_pods_in_one_namespace_only() -> None:
-    docs = list(yaml.safe_load_all(k3s.render_kpo_rbac("team-a")))
-    kinds = [d["kind"] for d in docs]
-    assert kinds == ["ServiceAccount", "Role", "RoleBinding"]
-    assert {d["metadata"]["namespace"] for d in docs} == {"team-a"}
-    resources = {r for rule in docs[1]["rules"] for r in rule["resources"]}
-    assert resources == {"pods", "pods/log", "events"}
-    assert docs[2]["subjects"] == [
-        {"kind": "ServiceAccount", "name": "airflow-kpo", "namespace": "team-a"}
-    ]

@@ -163,3 +163,28 @@ def test_status_of_a_stack_that_is_not_running_exits_4(
         "project airflow-k3s: the stack is not running: `make up` starts it"
     )
     assert capsys.readouterr().out == ""
+
+
+def test_up_says_why_compose_could_not_start_a_service(
+    tmp_path: Path,
+    commands: FakeCommands,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Docker refuses to start a container (a port it allocated itself): the states and logs are
+    printed, and the error is Docker's reason, not "did not become healthy"."""
+    monkeypatch.setattr(stack, "port_taken", lambda _port: False)
+    commands.on("compose", "version", stdout="2.40.3\n")
+    commands.on("config", "--format", "json", stdout='{"services": {"s3": {}}}')
+    why = (
+        "Error response from daemon: driver failed programming external connectivity on "
+        "endpoint s3-1: Bind for 127.0.0.1:51123 failed: port is already allocated"
+    )
+    commands.on("compose", "up", code=1, stderr=why)
+    with pytest.raises(UserError) as exc:
+        stack.up(Stack(load(tmp_path)), build=False, timeout=1)
+    assert exc.value.message == (
+        "docker compose up failed: driver failed programming external connectivity on endpoint "
+        "s3-1: Bind for 127.0.0.1:51123 failed: port is already allocated"
+    )
+    assert "waiting for: s3 (missing)" in capsys.readouterr().err

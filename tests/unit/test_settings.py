@@ -57,6 +57,7 @@ def test_images_local_puts_the_override_last(tmp_path: Path) -> None:
         "DAGS_DIR": str(REPO / "dags"),
         "POD_TEMPLATE": str(REPO / "airflow" / "pod_template.yaml"),
         "AIRFLOW_ENV_FILE": str(REPO / "airflow" / "airflow.env"),
+        "AIRFLOW_K3S_NAMESPACE": "default",
         "PYTHON_BASE_IMAGE": settings.LOCAL_PYTHON_IMAGE,
     }
 
@@ -173,3 +174,14 @@ def test_node_versions_are_pinned_releases() -> None:
         assert versions[key].startswith("v"), key
         assert versions[key].count(".") == 2, key
     assert versions["GO_VERSION"][0].isdigit()
+
+
+def test_pod_security_is_one_of_the_levels(tmp_path: Path) -> None:
+    assert load(tmp_path).pod_security == "privileged", "enforces nothing by default"
+    assert load(tmp_path, POD_SECURITY="restricted").pod_security == "restricted"
+    with pytest.raises(UserError) as exc:
+        load(tmp_path, POD_SECURITY="strict")
+    assert exc.value.code is ExitCode.USAGE
+    assert exc.value.message == (
+        "POD_SECURITY must be one of privileged, baseline, restricted, not 'strict'"
+    )

@@ -1,0 +1,172 @@
+"""Who may do what on the cluster: one ServiceAccount per Airflow service that talks to it, its Role
+in the executor's namespace, and the manifests that make them (k3s applies them from
+.generated/k3s). Pure data and a renderer: the docs' rights table and the faults tier's can-i
+matrix read the same rules.
+
+Compared with Airflow's Helm chart (KubernetesExecutor): the scheduler gets the chart's
+``pod-launcher-role``, the api-server its pod-log reader, the dag-processor nothing (here: no
+credential at all), and the triggerer what a deferrable KubernetesPodOperator's trigger does. Each
+service's credential is the token of a long-lived ServiceAccount token Secret (see README, "What
+each service may do on the cluster", for why not a bound token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+#: (resource, verbs) in the core API group: all these services touch.
+Rule = tuple[str, tuple[str, ...]]
+PART_OF = {"app.kubernetes.io/part-of": "airflow-k3s"}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A ServiceAccount of the executor's namespace and what its Role allows, with the reason."""
+
+    name: str
+    service: str  # the compose service that uses it ("" for pods that use it)
+    rules: tuple[Rule, ...]
+    why: str
+
+    @property
+    def token_secret(self) -> str:
+        """The long-lived token Secret of a compose service's account."""
+        return f"{self.name}-token"
+
+
+SCHEDULER = Identity(
+    "airflow-scheduler",
+    "airflow-scheduler",
+    (
+        ("pods", ("create", "get", "list", "watch", "patch", "delete")),
+        ("pods/log", ("get",)),
+        ("pods/exec", ("create", "get")),
+        ("events", ("list",)),
+    ),
+    "the KubernetesExecutor: creates the worker pods, watches them, patches them to adopt them "
+    "after a restart, deletes them, reads their logs and events (the chart's pod-launcher-role)",
+)
+API_SERVER = Identity(
+    "airflow-apiserver",
+    "airflow-apiserver",
+    (("pods", ("get", "list", "watch")), ("pods/log", ("get",))),
+    "reads a running task's log from its pod (the chart's pod-log reader)",
+)
+TRIGGERER = Identity(
+    "airflow-triggerer",
+    "airflow-triggerer",
+    (
+        ("pods", ("get", "list", "watch", "delete")),
+        ("pods/log", ("get",)),
+        ("events", ("list", "watch")),
+    ),
+    "a deferrable KubernetesPodOperator's trigger: polls its pod, reads its log and events, "
+    "deletes it when the task is killed",
+)
+KPO = Identity(
+    "airflow-kpo",
+    "",
+    (
+        ("pods", ("create", "get", "list", "watch", "delete", "patch")),
+        ("pods/log", ("get",)),
+        ("events", ("list", "watch")),
+    ),
+    "tasks that launch their own pods (the KubernetesPodOperator), as a pod_override's account",
+)
+#: The compose services that hold a credential of their own; the dag-processor and airflow-init
+#: hold none.
+SERVICE_IDENTITIES = (SCHEDULER, API_SERVER, TRIGGERER)
+IDENTITIES = (*SERVICE_IDENTITIES, KPO)
+
+
+def manifests(identity: Identity, namespace: str) -> list[dict[str, Any]]:
+    """ServiceAccount, Role, RoleBinding (and, for a compose service, its token Secret)."""
+    meta = {"name": identity.name, "namespace": namespace, "labels": PART_OF}
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": [
+                {"apiGroups": [""], "resources": [resource], "verbs": list(verbs)}
+                for resource, verbs in identity.rules
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": meta["name"],
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": identity.name, "namespace": namespace}],
+        },
+    ]
+    if identity.service:
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/service-account-token",
+                "metadata": {
+                    "name": identity.token_secret,
+                    "namespace": namespace,
+                    "labels": PART_OF,
+                    "annotations": {"kubernetes.io/service-account.name": identity.name},
+                },
+            }
+        )
+    return docs
+
+
+def render(namespace: str, which: tuple[Identity, ...] = SERVICE_IDENTITIES) -> str:
+    """Identities' manifests, as k3s applies them from .generated/k3s."""
+    docs = [doc for identity in which for doc in manifests(identity, namespace)]
+    header = (
+        "# Generated by `invoke up`: the Airflow services' and tasks' identities on the cluster "
+        "(airflow_k3s/identities.py). Do not edit or commit.\n"
+    )
+    return header + yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def allowed(identity: Identity, verb: str, resource: str) -> bool:
+    """Whether the identity's Role allows ``verb`` on ``resource`` (in its namespace)."""
+    return any(resource == r and verb in verbs for r, verbs in identity.rules)
+
+
+def account(identity: Identity, namespace: str) -> str:
+    """The user name the API server gives the identity's tokens."""
+    return f"system:serviceaccount:{namespace}:{identity.name}"
+
+
+# --------------------------------------------------------------------------- Pod Security
+
+#: The namespace labels of Pod Security Admission (built into the API server).
+POD_SECURITY = "pod-security.kubernetes.io"
+#: Levels a task's pod is checked against by `invoke pod-yaml`, each in a namespace of
+#: k3s/manifests/pod-security-checks.yaml that enforces it (privileged allows everything).
+CHECKED_LEVELS = ("baseline", "restricted")
+
+
+def pod_security_labels(level: str) -> list[str]:
+    """`kubectl label` arguments that make a namespace enforce ``level``."""
+    return [f"{POD_SECURITY}/enforce={level}", f"{POD_SECURITY}/enforce-version=latest"]
+
+
+def check_namespace(level: str) -> str:
+    return f"airflow-k3s-check-{level}"
+
+
+def violations(message: str) -> str:
+    """What the API server's refusal says a pod violates: the text after 'violates PodSecurity
+    "<level>:<version>": ', or '' when the refusal is not Pod Security's."""
+    marker = "violates PodSecurity "
+    if marker not in message:
+        return ""
+    return message.split(marker, 1)[1].split(": ", 1)[-1].strip()
