@@ -78,6 +78,12 @@ class Kubectl:
         """kubectl's output as it comes (`logs -f`)."""
         return shell.lines(self.argv(list(args)), check=False)
 
+    def dry_run(self, manifest: dict[str, Any]) -> shell.Result:
+        """Whether the API server would create ``manifest`` (admission included, Pod Security's
+        too): a server-side dry run, nothing created; kubectl's result, unchecked."""
+        args = ["create", "--dry-run=server", "-o", "name", "-f", "-"]
+        return shell.run(self.argv(args), input=json.dumps(manifest), check=False)
+
     def apply(self, manifest: dict[str, Any]) -> None:
         """kubectl apply of one object (server-side, this tool as the field manager)."""
         args = ["apply", "--server-side", "--field-manager=airflow-k3s", "-f", "-"]

@@ -94,16 +94,7 @@ def pod_security(stack: Stack, pod: dict[str, Any]) -> dict[str, str]:
         # The account exists in the executor's namespace only; Pod Security does not read it.
         doc["spec"].pop("serviceAccountName", None)
         doc["spec"].pop("serviceAccount", None)
-        result = stack.kube.run(
-            "create",
-            "--dry-run=server",
-            "-o",
-            "name",
-            "-f",
-            "-",
-            input=json.dumps(doc),
-            check=False,
-        )
+        result = stack.kube.dry_run(doc)
         if result.returncode == 0:
             verdicts[level] = ""
             continue

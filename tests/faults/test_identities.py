@@ -6,7 +6,6 @@ namespace decides which pods the API server admits.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -230,16 +229,7 @@ def test_airflows_own_example_with_a_host_path_is_admitted_by_default_only(stack
             assert re.search(rf"==> Pod Security {level}: refused: .*hostPath", shown.stderr), level
         labels = stack.kubectl_json("get", "namespace", NAMESPACE)["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
-        admitted = stack.kube.run(
-            "create",
-            "--dry-run=server",
-            "-o",
-            "name",
-            "-f",
-            "-",
-            input=json.dumps(pod),
-            check=False,
-        )
+        admitted = stack.kube.dry_run(pod)
         assert admitted.returncode == 0, f"the default level admits it: {admitted.stderr}"
     finally:
         path.unlink(missing_ok=True)
