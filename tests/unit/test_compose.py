@@ -6,14 +6,13 @@ Also a scan of every file git would commit (tracked or not ignored) for secrets.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from airflow_k3s import generated, settings
+from airflow_k3s import generated, settings, shell
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -443,12 +442,9 @@ def test_airflow_env_reads_the_same_in_compose_and_in_the_worker_secret() -> Non
 
 
 def committable_files() -> list[Path]:
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
+    out = shell.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO
+    ).stdout
     return [REPO / name for name in out.split("\0") if name and (REPO / name).is_file()]
 
 
@@ -561,11 +557,7 @@ def test_secret_scan_patterns_catch_literals(text: str, hits: int) -> None:
 
 
 def test_generated_files_are_git_ignored() -> None:
-    ignored = subprocess.run(
-        ["git", "check-ignore", ".env", ".generated/k3s/worker-secret.yaml"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
+    ignored = shell.run(
+        ["git", "check-ignore", ".env", ".generated/k3s/worker-secret.yaml"], cwd=REPO
     ).stdout.split()
     assert ignored == [".env", ".generated/k3s/worker-secret.yaml"]

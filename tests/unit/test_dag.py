@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 import demo_lib
 import pytest
+
+from airflow_k3s import shell
 
 RUN_ID = "manual__2024-05-01T10:00:00.123456+00:00"
 ORDERS = json.dumps({"orders": [{"id": 1}, {"id": 2}, {"id": 3}]}, indent=2).encode()
@@ -56,10 +56,7 @@ def test_dag_module_is_cheap_to_import(repo: Path) -> None:
         "print(sorted(m for m in sys.modules if m.startswith(('boto3', 'botocore', "
         "'airflow.providers.amazon.aws', 'airflow.providers.http.hooks'))))"
     )
-    env = {**os.environ, "PYTHONPATH": str(repo / "dags")}
-    out = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
-    )
+    out = shell.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(repo / "dags")})
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 

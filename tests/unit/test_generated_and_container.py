@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +20,7 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 
-from airflow_k3s import container
+from airflow_k3s import container, shell
 from airflow_k3s import generated as k3s
 
 CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n").decode()
@@ -456,9 +455,7 @@ def test_the_container_cli_imports_nothing_of_the_host_library() -> None:
         "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('airflow_k3s', 'python_on_whales', 'invoke', 'httpx'))))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
+    out = shell.run([sys.executable, "-c", code]).stdout.split()
     assert out == [
         "airflow_k3s",
         "airflow_k3s.container",

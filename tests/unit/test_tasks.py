@@ -6,8 +6,6 @@ where a task would reach it.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +18,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import Task
 
 import tasks
+from airflow_k3s import shell
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.shell import CommandFailed
 from tests.unit.conftest import FakeCommands
@@ -193,6 +192,13 @@ def test_kubectl_that_succeeds_is_no_exit(state_dir: Path, commands: FakeCommand
 # --------------------------------------------------------------------------- the task list
 
 
+def invoke_program(*args: str, env: dict[str, str]) -> Any:
+    """`python -m invoke ARGS` as a user runs it, through the package's runner."""
+    return shell.run(
+        [sys.executable, "-m", "invoke", *args], check=False, cwd=REPO, env=env, timeout=60
+    )
+
+
 def test_every_task_has_a_one_line_docstring_and_help_for_every_parameter() -> None:
     found = all_tasks()
     assert {
@@ -221,27 +227,15 @@ def test_every_task_has_a_one_line_docstring_and_help_for_every_parameter() -> N
 
 
 def test_invoke_list_shows_the_tasks() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "invoke", "--list"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "IMAGES": "upstream"},
-        check=False,
-    )
+    result = invoke_program("--list", env={"IMAGES": "upstream"})
     assert result.returncode == 0, result.stderr
     for name in ("up", "down", "clean", "trigger-dag", "pod-logs", "kubectl", "doctor", "demo"):
         assert f"\n  {name} " in result.stdout
 
 
 def test_invoke_ends_a_user_error_with_its_code_and_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "invoke", "secrets"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "IMAGES": "nope", "AIRFLOW_K3S_STATE_DIR": str(tmp_path)},
-        check=False,
+    result = invoke_program(
+        "secrets", env={"IMAGES": "nope", "AIRFLOW_K3S_STATE_DIR": str(tmp_path)}
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "IMAGES must be 'upstream' or 'local', not 'nope'"
@@ -251,15 +245,7 @@ def test_invoke_ends_a_user_error_with_its_code_and_one_line(tmp_path: Path) -> 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_a_help_flag_after_a_positional_task_says_how_to_get_help(flag: str) -> None:
     """invoke takes `pod-logs --help` as a task named "--help": one line points to the help."""
-    result = subprocess.run(
-        [sys.executable, "-m", "invoke", "pod-logs", flag],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "IMAGES": "upstream"},
-    )
+    result = invoke_program("pod-logs", flag, env={"IMAGES": "upstream"})
     assert result.returncode == ExitCode.USAGE, result.stderr
     assert result.stderr.strip() == (
         "--help was read as an argument's value; for help: invoke --help pod-logs"
