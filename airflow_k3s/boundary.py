@@ -41,8 +41,7 @@ class Stack:
 
     def require(self, service: str = "airflow-apiserver") -> None:
         """Docker answers and ``service`` runs; else one line saying what to do."""
-        self.docker.check()
-        self.docker.require_running(service)
+        self.docker.require_running(service)  # checks Docker first
 
     def api(self) -> AirflowAPI:
         """A logged-in client of the running stack's API (made once)."""

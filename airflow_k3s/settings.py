@@ -281,8 +281,3 @@ class Settings:
 #: IMAGES=local: the bases every local image builds on (made by images.ensure_local_bases).
 LOCAL_DEBIAN_IMAGE = "airflow-k3s/debian:bookworm-local"
 LOCAL_PYTHON_IMAGE = "airflow-k3s/python:3.11-local"
-
-
-def settings() -> Settings:
-    """The settings of this invocation (re-read each time: tasks may have written .env)."""
-    return Settings.load()
