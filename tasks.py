@@ -1,7 +1,7 @@
 """What airflow-k3s can do: `invoke --list`, `invoke --help TASK`. The logic is in airflow_k3s/.
 
 Tasks, in the order a user meets them: secrets, doctor, up, settings, status, demo, trigger-dag,
-parse, pod-yaml, task-test, airflow, logs, pod-logs, kubectl, kubeconfig, build, push, down,
+publish-dags, parse, pod-yaml, task-test, airflow, logs, pod-logs, kubectl, kubeconfig, build, push, down,
 clean, lock.
 Each parses its arguments, makes the one Stack object of the invocation (airflow_k3s/boundary.py),
 calls the package, and turns its errors into one line and an exit code (airflow_k3s/exits.py).
@@ -21,7 +21,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from airflow_k3s import dag_checks, images, lifecycle, runs, userfiles
+from airflow_k3s import bundles, dag_checks, images, lifecycle, runs, userfiles
 from airflow_k3s import doctor as checks
 from airflow_k3s.boundary import Stack
 from airflow_k3s.exits import ExitCode, UserError
@@ -135,6 +135,13 @@ def trigger_dag(
     """Unpause and trigger a DAG through the REST API; --wait follows it to the end."""
     run_conf = runs.parse_conf(conf)
     print(runs.run_dag(Stack.load(), dag_id, run_conf, parse_timeout, timeout if wait else None))
+
+
+@task(help={"timeout": "seconds to wait for the dag-processor to parse the new version"})
+@cli
+def publish_dags(c: Context, timeout: int = 120) -> None:
+    """DAG_SOURCE=git: commit the DAGs folder as a new version and wait until it is parsed."""
+    print(bundles.publish(Stack.load(), timeout))
 
 
 @task

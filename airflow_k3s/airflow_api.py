@@ -93,13 +93,15 @@ class AirflowAPI:
             message += "; DAG files that fail to import: " + "; ".join(lines)
         raise UserError(message, ExitCode.UNKNOWN_DAG)
 
-    def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
+    def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> dict[str, Any]:
+        """Unpause and trigger ``dag_id``: the new run (``dag_run_id``, ``bundle_version``...)."""
         self.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
         response = self.http.post(
             f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": dict(conf)}
         )
         response.raise_for_status()
-        return str(response.json()["dag_run_id"])
+        run: dict[str, Any] = response.json()
+        return run
 
     def run_state(self, dag_id: str, run_id: str) -> tuple[str, dict[str, dict[str, Any]]]:
         """The run's state and its task instances by ``task_id`` (``task_id[3]`` when mapped)."""

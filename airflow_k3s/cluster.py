@@ -198,6 +198,10 @@ class Kubectl:
         say(f"pods {selector}")
         args = ["get", "pods", "-n", NAMESPACE, "-l", selector, "-L", "task_id,try_number"]
         shell.attach(self.argv([*args, "-o", "wide"]))
+        for pod in self.worker_pods(selector):
+            bundle = pod_bundle(pod)
+            if bundle:
+                print(f"{pod['metadata']['name']}: DAG bundle {bundle}")
 
     # ----------------------------------------------------------------------- worker Secret
 
@@ -260,6 +264,23 @@ def pod_selector(dag_id: str, task_id: str = "", run_id: str = "", try_number: i
     if try_number:
         labels["try_number"] = str(try_number)
     return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
+def pod_bundle(pod: dict[str, Any]) -> str:
+    """The DAG bundle version a worker pod runs, 'name@commit' (12 digits), read from the
+    workload the executor gave it (``--json-string`` among the container's args); '' when the
+    bundle has no versions (the image's DAGs folder) or the pod is not a worker's."""
+    containers = pod.get("spec", {}).get("containers") or [{}]
+    args = [str(a) for a in containers[0].get("args") or []]
+    if "--json-string" not in args[:-1]:
+        return ""
+    try:
+        workload = json.loads(args[args.index("--json-string") + 1])
+    except ValueError:
+        return ""
+    info = workload.get("bundle_info") or {} if isinstance(workload, dict) else {}
+    version = info.get("version")
+    return f"{info.get('name')}@{str(version)[:12]}" if version else ""
 
 
 def pod_problem(pod: dict[str, Any]) -> str:

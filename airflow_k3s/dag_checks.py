@@ -52,8 +52,10 @@ def parse_dags(stack: Stack) -> tuple[list[str], list[DagImportError]]:
     # named when the error is raised deep in a library.
     env = {**cfg.airflow_env, "AIRFLOW__CORE__DAGBAG_IMPORT_ERROR_TRACEBACK_DEPTH": "100"}
     env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
+    # DAG_SOURCE=git: the image has no DAG files; the DAGs folder is what `publish-dags` commits.
+    mounts = ["-v", f"{cfg.dags_dir}:/opt/airflow/dags:ro"] if cfg.git_dags else []
     say(f"importing every DAG file in {cfg.worker_image}")
-    args = ("run", "--rm", *env_args, "--entrypoint", "python", cfg.worker_image)
+    args = ("run", "--rm", *env_args, *mounts, "--entrypoint", "python", cfg.worker_image)
     result = stack.docker.docker(*args, *CONTAINER_CLI[1:], "parse-dags", check=False)
     if result.returncode != 0:
         if "Unable to find image" in result.stderr or "No such image" in result.stderr:

@@ -10,7 +10,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from airflow_k3s import airflow_objects, identities, images, shell, userfiles
+from airflow_k3s import airflow_objects, bundles, identities, images, shell, userfiles
 from airflow_k3s.boundary import Stack
 from airflow_k3s.cluster import K3S_KUBECONFIG, write_kubeconfigs
 from airflow_k3s.docker import ONE_SHOTS, failed_services
@@ -41,7 +41,7 @@ def ensure_secrets(cfg: Settings) -> Settings:
     os.chmod(env_file, 0o600)
     # What compose will use: a value exported in the shell beats .env.
     effective = {k: os.environ.get(k) or updated[k] for k in SECRET_KEYS}
-    worker = worker_env(cfg.airflow_env, effective)
+    worker = worker_env(airflow_config(cfg), effective)
     namespace = worker.get("AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE", "default")
     secret = render_worker_secret(worker, namespace)
     write_private(cfg.generated / "k3s" / f"{WORKER_SECRET_NAME}.yaml", secret)
@@ -49,7 +49,24 @@ def ensure_secrets(cfg: Settings) -> Settings:
     write_private(rendered / "airflow-identities.yaml", identities.render(namespace))
     kpo = identities.render(namespace, (identities.KPO,))
     write_private(rendered / "airflow-kpo-rbac.yaml", kpo)
+    write_dag_source(cfg)
     return dataclasses.replace(cfg, secrets=effective)
+
+
+def airflow_config(cfg: Settings) -> dict[str, str]:
+    """The Airflow configuration of every service and worker pod: airflow.env, and what
+    DAG_SOURCE adds to it (.generated/dag-source.env, which compose reads after airflow.env)."""
+    return {**cfg.airflow_env, **bundles.dag_source_env(cfg)}
+
+
+def write_dag_source(cfg: Settings) -> None:
+    """.generated/dag-source.env: the configuration DAG_SOURCE adds (no file for `image`)."""
+    path = cfg.generated / "dag-source.env"
+    extra = bundles.dag_source_env(cfg)
+    if extra:
+        write_private(path, render_env_file(extra))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def port_taken(port: int, host: str = "127.0.0.1") -> bool:
@@ -83,7 +100,12 @@ def up(stack: Stack, build: bool, timeout: float) -> None:
         raise UserError("; ".join(problems), ExitCode.PORT_TAKEN)
     if build:
         images.build_all(stack)
-    say(f"starting the stack (project {cfg.project}, IMAGES={cfg.images})")
+    if cfg.git_dags:
+        bundles.prepare(cfg)
+    say(
+        f"starting the stack (project {cfg.project}, IMAGES={cfg.images}, "
+        f"DAG_SOURCE={cfg.dag_source})"
+    )
     try:
         docker.up()
     except UserError as exc:
@@ -95,7 +117,7 @@ def up(stack: Stack, build: bool, timeout: float) -> None:
     host, _ = refresh_kubeconfigs(stack)
     say(f"kubeconfig for the host: {host}")
     apply_pod_security(stack)
-    stack.kube.wait_worker_secret(worker_env(cfg.airflow_env, dict(cfg.secrets)))
+    stack.kube.wait_worker_secret(worker_env(airflow_config(cfg), dict(cfg.secrets)))
     apply_settings(stack)
     print(
         f"Airflow UI: {cfg.airflow_url}  (user {ADMIN_USER}, password: "

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from airflow_k3s import cluster, dag_checks, shell
+from airflow_k3s import bundles, cluster, dag_checks, shell
 from airflow_k3s.airflow_api import AirflowAPI, map_index, render_pod_line
 from airflow_k3s.boundary import Stack
 from airflow_k3s.exits import ExitCode, UserError
@@ -175,6 +175,17 @@ def executor_refusal(scheduler_log: str, dag_id: str, task_id: str, run_id: str)
     return ""
 
 
+def run_version(run: Mapping[str, Any]) -> str:
+    """', DAG version N (bundle dags@commit)' for a run whose DAG comes from a versioned bundle
+    (DAG_SOURCE=git): the version every task of the run uses; '' otherwise."""
+    bundle = run.get("bundle_version")
+    if not bundle:
+        return ""
+    numbers = [str(v.get("version_number")) for v in run.get("dag_versions") or []]
+    which = f"DAG version {', '.join(numbers)} " if numbers else ""
+    return f", {which}(bundle {bundles.BUNDLE}@{str(bundle)[:12]})"
+
+
 def run_dag(
     stack: Stack, dag_id: str, conf: Mapping[str, Any], parse_timeout: float, timeout: float | None
 ) -> str:
@@ -192,8 +203,9 @@ def run_dag(
             lines = "; ".join(map(str, errors))
             raise UserError(f"{exc.message}; in the worker image: {lines}", exc.code) from None
         raise
-    run_id = client.trigger(dag_id, conf)
-    say(f"triggered {dag_id}: run {run_id}")
+    run = client.trigger(dag_id, conf)
+    run_id = str(run["dag_run_id"])
+    say(f"triggered {dag_id}: run {run_id}{run_version(run)}")
     if timeout is not None:
         state = follow_run(stack, client, dag_id, run_id, timeout)
         if state != "success":
@@ -237,9 +249,12 @@ def pod_logs(
     for pod in pods:
         meta = pod["metadata"]
         problem = cluster.pod_problem(pod)
+        bundle = cluster.pod_bundle(pod)
         print(
             f"----- pod {meta['name']} (run label {meta['labels'].get('run_id')}, try "
-            f"{meta['labels'].get('try_number')}, {pod['status'].get('phase')})"
+            f"{meta['labels'].get('try_number')}, {pod['status'].get('phase')}"
+            + (f", DAG bundle {bundle}" if bundle else "")
+            + ")"
             + (f": {problem}" if problem else "")
         )
         result = kube.run(

@@ -28,6 +28,9 @@ IMAGE_SOURCES = ("upstream", "local")
 #: Pod Security Standards levels, as the namespace label pod-security.kubernetes.io/enforce takes
 #: them: privileged enforces nothing (most clusters' namespaces), restricted the most.
 POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")
+#: Where the DAGs come from: baked into the worker image (Airflow's DAGs folder), or a versioned
+#: DAG bundle cloned from the stack's git server (airflow_k3s/bundles.py).
+DAG_SOURCES = ("image", "git")
 DEMO_DAG = "demo_rest_to_s3"
 #: Where hosts keep the CA bundle they trust (Debian/Ubuntu, Fedora/RHEL, macOS/Alpine): image
 #: builds use the first that exists unless EXTRA_CA_BUNDLE names another, or `none`.
@@ -117,6 +120,16 @@ def _path(value: str | None, default: Path | None) -> Path | None:
     return Path(value).expanduser().resolve() if value else default
 
 
+def _choice(merged: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """The value of setting ``name``, one of ``choices`` (the first when unset), or a UserError."""
+    value = merged.get(name) or choices[0]
+    if value not in choices:
+        raise UserError(
+            f"{name} must be one of {', '.join(choices)}, not {value!r}", ExitCode.USAGE
+        )
+    return value
+
+
 def ca_bundle(value: str | None, candidates: tuple[Path, ...] = HOST_CA_BUNDLES) -> str:
     """The CA bundle image builds add: $EXTRA_CA_BUNDLE, none with `none`, else the host's own
     (a TLS-inspecting proxy the host trusts is then trusted by the builds too)."""
@@ -155,6 +168,8 @@ class Settings:
     airflow_env_file: Path = ROOT / "airflow" / "airflow.env"
     #: The Pod Security level the executor's namespace enforces ($POD_SECURITY).
     pod_security: str = "privileged"
+    #: Where the DAGs come from ($DAG_SOURCE): `image` or `git` (see DAG_SOURCES).
+    dag_source: str = "image"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, root: Path = ROOT) -> Settings:
@@ -167,13 +182,8 @@ class Settings:
         images = merged.get("IMAGES", "upstream")
         if images not in IMAGE_SOURCES:
             raise UserError(f"IMAGES must be 'upstream' or 'local', not {images!r}", ExitCode.USAGE)
-        pod_security = merged.get("POD_SECURITY") or "privileged"
-        if pod_security not in POD_SECURITY_LEVELS:
-            raise UserError(
-                f"POD_SECURITY must be one of {', '.join(POD_SECURITY_LEVELS)}, not "
-                f"{pod_security!r}",
-                ExitCode.USAGE,
-            )
+        pod_security = _choice(merged, "POD_SECURITY", POD_SECURITY_LEVELS)
+        dag_source = _choice(merged, "DAG_SOURCE", DAG_SOURCES)
         ports: dict[str, int] = {}
         for port in published_ports(root):
             raw = merged.get(port.variable, str(port.default))
@@ -202,6 +212,7 @@ class Settings:
                 merged.get("AIRFLOW_ENV_FILE"), root / "airflow" / "airflow.env"
             ),
             pod_security=pod_security,
+            dag_source=dag_source,
         )
 
     @functools.cached_property
@@ -219,6 +230,16 @@ class Settings:
     def namespace(self) -> str:
         """The executor's namespace (airflow.env): its pods, their Secret, the identities."""
         return self.airflow_env.get("AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE", "default")
+
+    @property
+    def git_dags(self) -> bool:
+        """Whether the DAGs come from the stack's git server (DAG_SOURCE=git)."""
+        return self.dag_source == "git"
+
+    @property
+    def dags_repo(self) -> Path:
+        """The stack's DAG repository (bare; DAG_SOURCE=git), which the git-server serves."""
+        return self.generated / "dags.git"
 
     @property
     def local(self) -> bool:
@@ -259,6 +280,8 @@ class Settings:
             "POD_TEMPLATE": str(self.pod_template),
             "AIRFLOW_ENV_FILE": str(self.airflow_env_file),
             "AIRFLOW_K3S_NAMESPACE": self.namespace,
+            # The git-server service runs with DAG_SOURCE=git only.
+            "COMPOSE_PROFILES": "git" if self.git_dags else "",
         }
         if self.local:
             env["PYTHON_BASE_IMAGE"] = LOCAL_PYTHON_IMAGE

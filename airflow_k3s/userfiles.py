@@ -73,11 +73,15 @@ def check_all(cfg: Settings) -> None:
 
 
 def worker_context(cfg: Settings) -> Path:
-    """.generated/worker-context: the worker image's build context (dags/, requirements.txt,
+    """.generated/worker-context: the worker image's build context (dags/, empty with
+    DAG_SOURCE=git, requirements.txt,
     extra-ca.crt), made anew from the user's files for each build (DAG folders are small)."""
     context = cfg.generated / "worker-context"
     shutil.rmtree(context, ignore_errors=True)
-    shutil.copytree(cfg.dags_dir, context / "dags", ignore=shutil.ignore_patterns(*IGNORED))
+    if cfg.git_dags:  # the pods clone the published version: no DAG file in the image
+        (context / "dags").mkdir(parents=True)
+    else:
+        shutil.copytree(cfg.dags_dir, context / "dags", ignore=shutil.ignore_patterns(*IGNORED))
     requirements = cfg.worker_requirements.read_text() if cfg.worker_requirements else ""
     (context / "requirements.txt").write_text(requirements)
     bundle = Path(cfg.extra_ca_bundle).read_text() if cfg.extra_ca_bundle else ""

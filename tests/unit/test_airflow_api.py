@@ -155,7 +155,7 @@ def test_trigger_unpauses_then_posts_a_run_with_conf() -> None:
         return httpx.Response(200, json={})
 
     api = AirflowAPI("http://a", "right", transport=httpx.MockTransport(handler))
-    assert api.trigger("demo", {"n": 1}) == "manual__1"
+    assert api.trigger("demo", {"n": 1})["dag_run_id"] == "manual__1"
     assert calls == [
         ("PATCH", "/api/v2/dags/demo", {"is_paused": False}),
         ("POST", "/api/v2/dags/demo/dagRuns", {"logical_date": None, "conf": {"n": 1}}),

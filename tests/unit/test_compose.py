@@ -330,7 +330,8 @@ def test_airflow_services_share_one_common_definition() -> None:
     assert text.count("x-airflow-common: &airflow-common\n") == 1
     assert text.count("<<: *airflow-common\n") == len(AIRFLOW_SERVICES)
     image_users = {n for n, s in SERVICES.items() if s.get("image") == common["image"]}
-    assert image_users == AIRFLOW_SERVICES
+    # The git-server runs git from the Airflow image (it has git for GitDagBundle), not Airflow.
+    assert image_users == AIRFLOW_SERVICES | {"git-server"}
     for name in AIRFLOW_SERVICES:
         svc = SERVICES[name]
         for key in ("image", "build", "user", "env_file", "environment", "volumes"):
@@ -378,7 +379,11 @@ def test_only_kube_credentials_and_k3s_see_the_admin_kubeconfig() -> None:
 
 def test_airflow_services_get_the_config_file_and_secrets_by_interpolation() -> None:
     common = COMPOSE["x-airflow-common"]
-    assert common["env_file"] == [{"path": "${AIRFLOW_ENV_FILE:-./airflow/airflow.env}"}]
+    assert common["env_file"] == [
+        {"path": "${AIRFLOW_ENV_FILE:-./airflow/airflow.env}"},
+        # What DAG_SOURCE adds (absent with `image`): after airflow.env, so it wins.
+        {"path": "${AIRFLOW_K3S_GENERATED:-./.generated}/dag-source.env", "required": False},
+    ]
     assert common["user"].startswith("50000:")
     for key, value in common["environment"].items():
         if re.search(r"PASSWORD|SECRET|FERNET|KEY_ID|SQL_ALCHEMY_CONN", key):

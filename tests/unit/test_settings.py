@@ -58,8 +58,21 @@ def test_images_local_puts_the_override_last(tmp_path: Path) -> None:
         "POD_TEMPLATE": str(REPO / "airflow" / "pod_template.yaml"),
         "AIRFLOW_ENV_FILE": str(REPO / "airflow" / "airflow.env"),
         "AIRFLOW_K3S_NAMESPACE": "default",
+        "COMPOSE_PROFILES": "",
         "PYTHON_BASE_IMAGE": settings.LOCAL_PYTHON_IMAGE,
     }
+
+
+def test_dag_source_git_turns_on_the_git_server_and_names_the_repository(tmp_path: Path) -> None:
+    assert not load(tmp_path).git_dags
+    cfg = load(tmp_path, DAG_SOURCE="git")
+    assert cfg.git_dags
+    assert cfg.compose_env["COMPOSE_PROFILES"] == "git"
+    assert cfg.dags_repo == tmp_path / ".generated" / "dags.git"
+    with pytest.raises(UserError) as exc:
+        load(tmp_path, DAG_SOURCE="s3")
+    assert exc.value.code is ExitCode.USAGE
+    assert exc.value.message == "DAG_SOURCE must be one of image, git, not 's3'"
 
 
 def test_the_airflow_configuration_can_be_another_file(tmp_path: Path) -> None:
