@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +37,18 @@ EXCLUDED = ("__pycache__/", "*.pyc", ".DS_Store", "*.swp")
 AUTHOR = ("-c", "user.name=airflow-k3s publish-dags", "-c", "user.email=publish-dags@airflow-k3s")
 
 
+#: The git connection of the bundle: the repository's URL (with a production git host, its
+#: credentials too). Without one, GitDagBundle logs a missing `git_default` as a traceback.
+GIT_CONN_ID = "dags_git"
+
+
 def bundle_config() -> list[dict[str, Any]]:
     """Airflow's `[dag_processor] dag_bundle_config_list` for the stack's repository."""
-    kwargs = {"repo_url": REPO_URL, "tracking_ref": BRANCH, "refresh_interval": REFRESH_SECONDS}
+    kwargs = {
+        "git_conn_id": GIT_CONN_ID,
+        "tracking_ref": BRANCH,
+        "refresh_interval": REFRESH_SECONDS,
+    }
     return [{"name": BUNDLE, "classpath": GIT_DAG_BUNDLE, "kwargs": kwargs}]
 
 
@@ -51,6 +60,7 @@ def dag_source_env(cfg: Settings) -> dict[str, str]:
         return {}
     return {
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundle_config()),
+        f"AIRFLOW_CONN_{GIT_CONN_ID.upper()}": json.dumps({"conn_type": "git", "host": REPO_URL}),
         # A DAG whose file changed is written to the database again at once, not after 30 s
         # (Airflow's default): a version published a few seconds after the last one is the
         # DAG the UI and the scheduler see, as the runs that use it are.
@@ -95,6 +105,11 @@ def commit(cfg: Settings) -> tuple[str, str]:
     message = f"DAGs from {cfg.dags_dir}"
     git(cfg, *AUTHOR, "commit", "--quiet", "--allow-empty", "-m", message)
     return before, head(cfg)
+
+
+def files_in(cfg: Settings, version: str) -> set[str]:
+    """Every file of a version."""
+    return set(git(cfg, "ls-tree", "-r", "--name-only", version).stdout.splitlines())
 
 
 def changed_files(cfg: Settings, before: str, now: str) -> list[str]:
@@ -143,16 +158,18 @@ def parse_state(
     dags: Iterable[Mapping[str, Any]],
     errors: Iterable[Mapping[str, Any]],
     since: float,
+    present: Collection[str],
 ) -> ParseState:
     """Which changed DAG files the dag-processor has parsed at ``version``, from the DAGs the API
     lists (``relative_fileloc``, ``bundle_version``) and its import errors: a changed file is
     accounted for by a DAG at this version or by an import error newer than ``since`` (Unix
-    time); every import error of the bundle is reported, the older ones included."""
+    time); every import error of a file in the version (``present``) is reported, the older ones
+    included (a deleted file's error stays listed until the dag-processor notices)."""
     parsed: dict[str, list[str]] = {}
     for dag in dags:
         if dag.get("bundle_name") == BUNDLE and dag.get("bundle_version") == version:
             parsed.setdefault(str(dag.get("relative_fileloc") or ""), []).append(str(dag["dag_id"]))
-    ours = [e for e in errors if e.get("bundle_name") == BUNDLE]
+    ours = [e for e in errors if e.get("bundle_name") == BUNDLE and e.get("filename") in present]
     failed = {
         str(e["filename"]): error_line(str(e["stack_trace"]), str(e["filename"])) for e in ours
     }
@@ -241,6 +258,7 @@ def wait_parsed(
 ) -> ParseState:
     """Poll the API until every changed DAG file is parsed at ``version`` or failed to import."""
     api = stack.api()
+    present = files_in(stack.cfg, version)
     say(f"waiting for the dag-processor to parse {len(files)} changed DAG file(s)")
     state = ParseState({}, {}, files)
 
@@ -248,7 +266,7 @@ def wait_parsed(
         nonlocal state
         dags = api.get_all("/api/v2/dags", "dags", exclude_stale=False)
         errors = api.import_errors()
-        state = parse_state(version, files, dags, errors, since - 1)
+        state = parse_state(version, files, dags, errors, since - 1, present)
         return not state.waiting
 
     def late() -> UserError:

@@ -31,11 +31,11 @@ def test_git_mode_configures_one_git_bundle_for_services_and_pods(tmp_path: Path
     assert bundle == {
         "name": "dags",
         "classpath": "airflow.providers.git.bundles.git.GitDagBundle",
-        "kwargs": {
-            "repo_url": "git://git-server/dags.git",
-            "tracking_ref": "main",
-            "refresh_interval": 5,
-        },
+        "kwargs": {"git_conn_id": "dags_git", "tracking_ref": "main", "refresh_interval": 5},
+    }
+    assert json.loads(env["AIRFLOW_CONN_DAGS_GIT"]) == {
+        "conn_type": "git",
+        "host": "git://git-server/dags.git",
     }
     # The worker pods get it through their Secret, next to airflow.env's settings.
     assert lifecycle.airflow_config(cfg)["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"]
@@ -88,6 +88,7 @@ def test_publish_commits_the_dags_folder_and_reports_what_changed(tmp_path: Path
     (cfg.dags_dir / "b.py").unlink()
     before, now = bundles.commit(cfg)
     assert bundles.changed_files(cfg, before, now) == []  # a deleted file is not waited for
+    assert bundles.files_in(cfg, now) == {"a.py", "helper.txt"}
     assert bundles.head(cfg) == now
     # The DAGs folder itself is only read: no .git, no index in it.
     assert sorted(p.name for p in cfg.dags_dir.iterdir()) == ["__pycache__", "a.py", "helper.txt"]
@@ -134,24 +135,28 @@ def error(rel: str, stamp: str) -> dict[str, str]:
 def test_parse_state_waits_for_each_changed_file_at_the_new_version() -> None:
     since = 1_800_000_000.0  # 2027-01-15T08:00:00Z
     dags = [dag("a", "a.py", "v2"), dag("a2", "a.py", "v2"), dag("b", "b.py", "v1")]
-    state = bundles.parse_state("v2", ["a.py", "b.py", "sub/broken.py"], dags, [], since)
+    present = {"a.py", "b.py", "sub/broken.py"}
+    state = bundles.parse_state("v2", ["a.py", "b.py", "sub/broken.py"], dags, [], since, present)
     assert state.parsed == {"a.py": ["a", "a2"]}
     assert state.waiting == ["b.py", "sub/broken.py"]  # b.py still at v1
 
     old = error("sub/broken.py", "2027-01-15T07:59:00Z")
-    state = bundles.parse_state("v2", ["sub/broken.py"], [], [old], since)
+    state = bundles.parse_state("v2", ["sub/broken.py"], [], [old], since, present)
     assert state.waiting == ["sub/broken.py"]  # an error from before the publish
     assert state.failed == {
         "sub/broken.py": "line 7: NameError: name 'missing_name' is not defined"
     }
 
     new = error("sub/broken.py", "2027-01-15T08:00:03.5+00:00")
-    state = bundles.parse_state("v2", ["sub/broken.py"], [], [new], since)
+    state = bundles.parse_state("v2", ["sub/broken.py"], [], [new], since, present)
     assert state.waiting == []
     assert list(state.failed) == ["sub/broken.py"]
+    # A file deleted in the version: its error, still listed for a while, is not reported.
+    assert bundles.parse_state("v2", [], [], [new], since, {"a.py"}).failed == {}
 
     other_bundle = {**dag("c", "c.py", "v2"), "bundle_name": "dags-folder"}
-    assert bundles.parse_state("v2", ["c.py"], [other_bundle], [], since).waiting == ["c.py"]
+    state = bundles.parse_state("v2", ["c.py"], [other_bundle], [], since, {"c.py"})
+    assert state.waiting == ["c.py"]
 
 
 def test_might_hold_dags_is_airflows_safe_mode_test() -> None:
