@@ -191,7 +191,9 @@ def status(stack: Stack) -> None:
         print(f"{service:24} {state}")
     up_states = ("healthy", "starting", "running", "unhealthy")
     if states.get("k3s") in up_states and cfg.host_kubeconfig.exists():
-        shell.attach(stack.kube.argv(["get", "nodes,pods", "-o", "wide"]))
+        shell.attach(
+            stack.kube.argv(["get", "nodes,pods", "-n", stack.kube.namespace, "-o", "wide"])
+        )
     problem = status_problem(states)
     if problem:
         message, code = problem

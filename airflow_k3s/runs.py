@@ -242,9 +242,7 @@ def pod_logs(
             f"{meta['labels'].get('try_number')}, {pod['status'].get('phase')})"
             + (f": {problem}" if problem else "")
         )
-        result = kube.run(
-            "logs", "-n", cluster.NAMESPACE, meta["name"], f"--tail={tail}", check=False
-        )
+        result = kube.run("logs", "-n", kube.namespace, meta["name"], f"--tail={tail}", check=False)
         for line in result.stdout.splitlines():
             print(render_pod_line(line))
         if result.returncode:
