@@ -70,6 +70,17 @@ def rewrite_kubeconfig(kubeconfig: str, server: str) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+def kubeconfig_namespace(kubeconfig: str) -> str:
+    """The namespace of a kubeconfig's current context ('' when it names none)."""
+    doc = yaml.safe_load(kubeconfig)
+    if not isinstance(doc, dict):
+        return ""
+    for entry in doc.get("contexts") or []:
+        if entry.get("name") == doc.get("current-context"):
+            return str((entry.get("context") or {}).get("namespace") or "")
+    return ""
+
+
 def parse_env_file(text: str) -> dict[str, str]:
     """Parse KEY=VALUE lines ('#' comments, blank lines, values optionally quoted)."""
     env: dict[str, str] = {}
