@@ -154,9 +154,8 @@ class Stack:
         return self.kube.json(*args)
 
     def pods(self, selector: str) -> list[dict[str, Any]]:
-        """Pods of the default namespace matching a label selector, oldest first."""
-        items: list[dict[str, Any]] = self.kubectl_json("get", "pods", "-l", selector)["items"]
-        return sorted(items, key=lambda p: str(p["metadata"]["creationTimestamp"]))
+        """Pods of the executor's namespace matching a label selector, oldest first."""
+        return self.kube.worker_pods(selector)
 
     def s3(self) -> Any:
         return self.boundary.s3()

@@ -74,6 +74,8 @@ def running_pod(stack: Stack, run_id: str) -> str:
     result = stack.kubectl(
         "get",
         "pods",
+        "-n",
+        stack.kube.namespace,
         "-l",
         f"run_id={pod_label_value(run_id)}",
         "--field-selector=status.phase=Running",
