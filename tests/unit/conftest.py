@@ -50,16 +50,6 @@ def airflow_config() -> dict[str, str]:
     return generated.parse_env_file((REPO / "airflow" / "airflow.env").read_text())
 
 
-def airflow_env_in(folder: Path, namespace: str) -> Path:
-    """A copy of airflow/airflow.env in ``folder`` whose executor runs in ``namespace``."""
-    option = "AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE"
-    text = (REPO / "airflow" / "airflow.env").read_text()
-    assert f"\n{option}=default\n" in text, "airflow.env no longer names the namespace"
-    path = folder / "airflow.env"
-    path.write_text(text.replace(f"\n{option}=default\n", f"\n{option}={namespace}\n"))
-    return path
-
-
 @pytest.fixture
 def fake_secrets() -> dict[str, str]:
     """A generated .env with recognisable FAKE values (the Fernet key is a real, random one)."""

@@ -20,7 +20,8 @@ from airflow_k3s.cluster import Kubectl
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.generated import worker_secret_data
 from airflow_k3s.settings import Settings
-from tests.unit.conftest import FakeCommands, airflow_env_in
+from tests.harness import airflow_env_in
+from tests.unit.conftest import FakeCommands
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_ID = "manual__2024-05-01T10:00:00+00:00"  # the worker_pod fixture's run

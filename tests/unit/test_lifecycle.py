@@ -17,7 +17,8 @@ from airflow_k3s.boundary import Stack
 from airflow_k3s.docker import Docker
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.settings import Settings
-from tests.unit.conftest import FakeCommands, airflow_env_in
+from tests.harness import airflow_env_in
+from tests.unit.conftest import FakeCommands
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import pytest
 from airflow_k3s import settings
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.settings import Settings
-from tests.unit.conftest import airflow_env_in
+from tests.harness import airflow_env_in
 
 REPO = Path(__file__).resolve().parents[2]
 
