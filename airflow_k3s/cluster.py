@@ -28,7 +28,6 @@ from airflow_k3s.settings import Settings
 from airflow_k3s.shell import say
 
 K3S_KUBECONFIG = "/output/kubeconfig.yaml"  # K3S_KUBECONFIG_OUTPUT in docker-compose.yml
-NAMESPACE = "default"
 #: Reasons a pod will not get past by waiting.
 CANNOT_START = ("ErrImagePull", "ImagePullBackOff", "CreateContainer")
 
@@ -39,10 +38,16 @@ def kubectl_binary() -> str:
 
 
 class Kubectl:
-    """kubectl against the stack's cluster, with the host's kubeconfig."""
+    """kubectl against the stack's cluster, with the host's kubeconfig; the worker pods and their
+    Secret are looked up in the executor's namespace."""
 
     def __init__(self, cfg: Settings) -> None:
         self.cfg = cfg
+
+    @property
+    def namespace(self) -> str:
+        """The executor's namespace (the settings'), where the worker pods run."""
+        return self.cfg.namespace
 
     def argv(self, args: list[str]) -> list[str]:
         return [kubectl_binary(), "--kubeconfig", str(self.cfg.host_kubeconfig), *args]
@@ -140,7 +145,7 @@ class Kubectl:
 
     def worker_pods(self, selector: str) -> list[dict[str, Any]]:
         """Worker pods matching ``selector``, oldest first."""
-        pods: list[dict[str, Any]] = self.json("get", "pods", "-n", NAMESPACE, "-l", selector)[
+        pods: list[dict[str, Any]] = self.json("get", "pods", "-n", self.namespace, "-l", selector)[
             "items"
         ]
         return sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp", "")))
@@ -184,7 +189,7 @@ class Kubectl:
                 "get",
                 "events",
                 "-n",
-                NAMESPACE,
+                self.namespace,
                 "--field-selector",
                 f"involvedObject.name={name}",
                 "--sort-by=.lastTimestamp",
@@ -196,7 +201,7 @@ class Kubectl:
     def show_pods(self, selector: str) -> None:
         """`kubectl get pods` of the selector, with the task and try columns."""
         say(f"pods {selector}")
-        args = ["get", "pods", "-n", NAMESPACE, "-l", selector, "-L", "task_id,try_number"]
+        args = ["get", "pods", "-n", self.namespace, "-l", selector, "-L", "task_id,try_number"]
         shell.attach(self.argv([*args, "-o", "wide"]))
         for pod in self.worker_pods(selector):
             bundle = pod_bundle(pod)
@@ -213,7 +218,7 @@ class Kubectl:
 
         def current() -> bool:
             nonlocal seen
-            args = ("get", "secret", WORKER_SECRET_NAME, "-n", NAMESPACE, "-o", "json")
+            args = ("get", "secret", WORKER_SECRET_NAME, "-n", self.namespace, "-o", "json")
             result = self.run(*args, check=False)
             seen = "missing" if result.returncode else "an older version"
             return result.returncode == 0 and json.loads(result.stdout).get("data") == want

@@ -16,6 +16,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from airflow_k3s.generated import (
     ADMIN_USER,
     SetupError,
     job_health_threshold,
+    kubeconfig_namespace,
     libpq_url,
     passwords_json,
     rewrite_kubeconfig,
@@ -41,15 +43,22 @@ WORKLOAD_ARGS = [
 ]
 
 
-def wait_for_file(path: Path, timeout: float, what: str, poll: float = 1.0) -> str:
-    """Return the non-empty content of ``path``, waiting up to ``timeout`` seconds for it."""
+def wait_for_file(
+    path: Path,
+    timeout: float,
+    what: str,
+    poll: float = 1.0,
+    wanted: Callable[[str], bool] = lambda _text: True,
+) -> str:
+    """Return the non-empty content of ``path`` once ``wanted`` takes it, waiting up to
+    ``timeout`` seconds."""
 
     def content() -> str:
         try:
             text = path.read_text()
         except FileNotFoundError:
             return ""
-        return text if text.strip() else ""
+        return text if text.strip() and wanted(text) else ""
 
     def missing() -> SetupError:
         return SetupError(f"{what} ({path}) was not written within {timeout:.0f} s")
@@ -77,9 +86,17 @@ def wait_http(url: str, method: str, timeout: float) -> None:
 
 
 def _cmd_kubeconfig(args: argparse.Namespace) -> None:
-    text = wait_for_file(
-        Path(args.src), args.timeout, "this service's kubeconfig (kube-credentials)"
-    )
+    """Copy this service's kubeconfig once it is the executor's namespace's: after the namespace
+    changed, the one in the volume holds the old namespace's token until kube-credentials has
+    written the new one."""
+    namespace = args.namespace
+
+    def wanted(text: str) -> bool:
+        return not namespace or kubeconfig_namespace(text) == namespace
+
+    what = "this service's kubeconfig (kube-credentials)"
+    what += f" for namespace {namespace}" if namespace else ""
+    text = wait_for_file(Path(args.src), args.timeout, what, wanted=wanted)
     write_private(Path(args.dst), rewrite_kubeconfig(text, args.server))
     print(f"airflow-k3s: kubeconfig for {args.server} written to {args.dst}", file=sys.stderr)
 
@@ -241,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     kc.add_argument("--dst", required=True)
     kc.add_argument("--server", required=True)
     kc.add_argument("--timeout", type=float, default=180)
+    kc.add_argument("--namespace", default="", help="wait for this namespace's (default: any)")
     kc.set_defaults(func=_cmd_kubeconfig)
     pw = sub.add_parser("passwords-file", help="write the simple auth manager's passwords file")
     pw.add_argument("--path", required=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from airflow_k3s import cluster, identities, shell
+from airflow_k3s import identities, shell
 from airflow_k3s.boundary import Stack
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.generated import worker_secret_data
@@ -162,7 +162,7 @@ def task_test(stack: Stack, dag_id: str, task_id: str, timeout: float) -> int:
         f"task-test-{dag_id}-{task_id}".replace("_", "-").lower()[:48] + "-" + secrets.token_hex(3)
     )
     pod = task_test_pod(stack, dag_id, task_id, name)
-    namespace = pod["metadata"].get("namespace", cluster.NAMESPACE)
+    namespace = pod["metadata"].get("namespace", kube.namespace)
     kube.apply(task_test_secret(stack.cfg, namespace))
     kube.apply(pod)
     say(f"pod {name} on the cluster: airflow tasks test {dag_id} {task_id}")

@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
+from airflow_k3s.generated import PART_OF
+
 #: (resource, verbs) in the core API group: all these services touch.
 Rule = tuple[str, tuple[str, ...]]
-PART_OF = {"app.kubernetes.io/part-of": "airflow-k3s"}
 
 
 @dataclass(frozen=True)

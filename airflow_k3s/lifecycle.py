@@ -17,11 +17,13 @@ from airflow_k3s.docker import ONE_SHOTS, failed_services
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.generated import (
     ADMIN_USER,
+    NAMESPACE_FILE,
     SECRET_KEYS,
     WORKER_SECRET_NAME,
     generate_secrets,
     parse_env_file,
     render_env_file,
+    render_executor_namespace,
     render_worker_secret,
     worker_env,
     write_private,
@@ -31,7 +33,7 @@ from airflow_k3s.shell import say
 
 
 def ensure_secrets(cfg: Settings) -> Settings:
-    """Generate missing secrets into .env (mode 600) and render the worker Secret."""
+    """Generate missing secrets into .env (mode 600) and render the cluster's manifests."""
     env_file = cfg.env_file
     current = parse_env_file(env_file.read_text()) if env_file.exists() else {}
     updated = generate_secrets(current)
@@ -41,16 +43,21 @@ def ensure_secrets(cfg: Settings) -> Settings:
     os.chmod(env_file, 0o600)
     # What compose will use: a value exported in the shell beats .env.
     effective = {k: os.environ.get(k) or updated[k] for k in SECRET_KEYS}
-    worker = worker_env(airflow_config(cfg), effective)
-    namespace = worker.get("AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE", "default")
-    secret = render_worker_secret(worker, namespace)
-    write_private(cfg.generated / "k3s" / f"{WORKER_SECRET_NAME}.yaml", secret)
-    rendered = cfg.generated / "k3s"
+    render_manifests(cfg, worker_env(airflow_config(cfg), effective))
+    write_dag_source(cfg)
+    return dataclasses.replace(cfg, secrets=effective)
+
+
+def render_manifests(cfg: Settings, worker: dict[str, str]) -> None:
+    """What k3s applies from .generated/k3s: the executor's namespace and shared volume, the
+    identities and the worker Secret, all in the executor's namespace."""
+    rendered, namespace = cfg.generated / "k3s", cfg.namespace
+    write_private(rendered / NAMESPACE_FILE, render_executor_namespace(namespace))
     write_private(rendered / "airflow-identities.yaml", identities.render(namespace))
     kpo = identities.render(namespace, (identities.KPO,))
     write_private(rendered / "airflow-kpo-rbac.yaml", kpo)
-    write_dag_source(cfg)
-    return dataclasses.replace(cfg, secrets=effective)
+    secret = render_worker_secret(worker, namespace)
+    write_private(rendered / f"{WORKER_SECRET_NAME}.yaml", secret)
 
 
 def airflow_config(cfg: Settings) -> dict[str, str]:
@@ -213,7 +220,9 @@ def status(stack: Stack) -> None:
         print(f"{service:24} {state}")
     up_states = ("healthy", "starting", "running", "unhealthy")
     if states.get("k3s") in up_states and cfg.host_kubeconfig.exists():
-        shell.attach(stack.kube.argv(["get", "nodes,pods", "-o", "wide"]))
+        shell.attach(
+            stack.kube.argv(["get", "nodes,pods", "-n", stack.kube.namespace, "-o", "wide"])
+        )
     problem = status_problem(states)
     if problem:
         message, code = problem

@@ -257,9 +257,7 @@ def pod_logs(
             + ")"
             + (f": {problem}" if problem else "")
         )
-        result = kube.run(
-            "logs", "-n", cluster.NAMESPACE, meta["name"], f"--tail={tail}", check=False
-        )
+        result = kube.run("logs", "-n", kube.namespace, meta["name"], f"--tail={tail}", check=False)
         for line in result.stdout.splitlines():
             print(render_pod_line(line))
         if result.returncode:

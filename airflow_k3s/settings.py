@@ -41,6 +41,10 @@ HOST_CA_BUNDLES = (
 )
 NO_CA_BUNDLE = "none"
 
+#: The Airflow option that names the executor's namespace, and a name Kubernetes takes for one
+#: (an RFC 1123 label: lowercase letters, digits and '-', at most 63).
+NAMESPACE_OPTION = "AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE"
+_NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 #: "${NAME:-default}" in a compose value.
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+):-(?P<default>[^}]*)\}")
 
@@ -228,8 +232,16 @@ class Settings:
 
     @property
     def namespace(self) -> str:
-        """The executor's namespace (airflow.env): its pods, their Secret, the identities."""
-        return self.airflow_env.get("AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE", "default")
+        """The executor's namespace (airflow.env): its pods, their Secret, the identities, the
+        shared volume."""
+        name = self.airflow_env.get(NAMESPACE_OPTION, "default")
+        if not _NAMESPACE_NAME.fullmatch(name):
+            raise UserError(
+                f"{NAMESPACE_OPTION} in {self.airflow_env_file} must be a namespace name "
+                f"(lowercase letters, digits and '-', at most 63), not {name!r}",
+                ExitCode.USAGE,
+            )
+        return name
 
     @property
     def git_dags(self) -> bool:

@@ -4,13 +4,15 @@ The task itself runs in a worker pod (KubernetesExecutor); from there the operat
 server, in-cluster, for one more pod and follows it to its end, its output in the task's log. The
 worker pod runs as the ServiceAccount ``airflow-kpo`` (a ``pod_override``), which `invoke up`
 renders together with a Role that allows exactly this in the executor's namespace: make, watch and
-delete pods, read their logs and events (`kubectl auth can-i` checks it in the faults tier).
+delete pods, read their logs and events (`kubectl auth can-i` checks it in the faults tier). The
+pod goes to that namespace: [kubernetes_executor] namespace, which airflow.env sets for the
+services and, through the worker Secret, for the worker pods.
 """
 
 from __future__ import annotations
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.sdk import dag
+from airflow.sdk import conf, dag
 from kubernetes.client import models as k8s
 
 SERVICE_ACCOUNT = "airflow-kpo"
@@ -32,7 +34,7 @@ def example_kpo() -> None:
     KubernetesPodOperator(
         task_id="launch",
         name="example-kpo-child",
-        namespace="default",
+        namespace=conf.get("kubernetes_executor", "namespace"),
         image="registry:5000/airflow-worker:latest",
         cmds=["python", "-c"],
         arguments=["print('hello from the pod the task launched')"],

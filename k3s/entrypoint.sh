@@ -10,8 +10,9 @@
 #      Docker engine uses, iptables or nftables), DNAT DNS traffic sent to this container's own IP
 #      (port 53, udp and tcp) to them, write a resolv.conf naming that IP, and hand it to k3s with
 #      --resolv-conf. CoreDNS forwards to it.
-#   b. The shared volume (hostPath of the PV in k3s/manifests/shared-volume.yaml): owned by
-#      uid 50000 gid 0, group-writable, setgid, so worker pods (uid 50000, gid 0) can write it.
+#   b. The shared volume (hostPath of the PV that `invoke up` renders into .generated/k3s with
+#      the executor's namespace): owned by uid 50000 gid 0, group-writable, setgid, so worker pods
+#      (uid 50000, gid 0) can write it.
 #   c. Manifests: docker-compose.yml mounts the repo's k3s/manifests and the rendered .generated/k3s
 #      as subfolders of k3s's manifests folder, which k3s applies at start and re-applies whenever
 #      a file changes. This step checks they are there (and says loudly what is missing), and
@@ -176,19 +177,19 @@ prepare_shared_dir() {
 check_manifests() {
     dir="${AIRFLOW_K3S_MANIFESTS_DIR:-/var/lib/rancher/k3s/server/manifests}"
     mkdir -p "$dir" || die "cannot create $dir"
-    if [ -f "$dir/airflow-k3s/shared-volume.yaml" ]; then
+    if [ -f "$dir/airflow-k3s/pod-security-checks.yaml" ]; then
         log "manifests: $dir/airflow-k3s (the repo's k3s/manifests)"
     else
-        warn "$dir/airflow-k3s/shared-volume.yaml is missing: the shared volume's PV/PVC will not be created (is ./k3s/manifests mounted there?)"
+        warn "$dir/airflow-k3s/pod-security-checks.yaml is missing: \`invoke pod-yaml\` cannot check the Pod Security levels (is ./k3s/manifests mounted there?)"
     fi
     if [ -f "$dir/airflow-k3s-generated/airflow-worker-env.yaml" ]; then
         log "manifests: $dir/airflow-k3s-generated (the rendered .generated/k3s)"
     else
         warn "================================================================================"
         warn "$dir/airflow-k3s-generated/airflow-worker-env.yaml is missing: the Secret"
-        warn "airflow-worker-env will not exist and every worker pod will fail with"
-        warn "CreateContainerConfigError. Render it (\`make up\` or \`invoke up\` writes"
-        warn ".generated/k3s/); k3s applies it as soon as it appears."
+        warn "airflow-worker-env, the shared volume and the identities will not exist and every"
+        warn "worker pod will fail with CreateContainerConfigError. Render them (\`make up\` or"
+        warn "\`invoke up\` writes .generated/k3s/); k3s applies them as soon as they appear."
         warn "================================================================================"
     fi
     # Earlier versions of this script copied the manifests to the top of the folder: those copies

@@ -28,7 +28,7 @@ from airflow_k3s.boundary import Stack as Boundary
 from airflow_k3s.cluster import Kubectl
 from airflow_k3s.docker import Docker
 from airflow_k3s.exits import UserError
-from airflow_k3s.settings import ROOT, Settings, published_ports
+from airflow_k3s.settings import NAMESPACE_OPTION, ROOT, Settings, published_ports
 from airflow_k3s.userfiles import IGNORED
 
 SERVICES = {
@@ -154,9 +154,8 @@ class Stack:
         return self.kube.json(*args)
 
     def pods(self, selector: str) -> list[dict[str, Any]]:
-        """Pods of the default namespace matching a label selector, oldest first."""
-        items: list[dict[str, Any]] = self.kubectl_json("get", "pods", "-l", selector)["items"]
-        return sorted(items, key=lambda p: str(p["metadata"]["creationTimestamp"]))
+        """Pods of the executor's namespace matching a label selector, oldest first."""
+        return self.kube.worker_pods(selector)
 
     def s3(self) -> Any:
         return self.boundary.s3()
@@ -208,6 +207,17 @@ def dags_copy(project: str) -> Path:
         ROOT / "dags", folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*IGNORED)
     )
     return folder
+
+
+def airflow_env_in(folder: Path, namespace: str) -> Path:
+    """A copy of the repo's airflow.env in ``folder`` (for $AIRFLOW_ENV_FILE) whose executor runs
+    in ``namespace``."""
+    text = (ROOT / "airflow" / "airflow.env").read_text()
+    line = f"\n{NAMESPACE_OPTION}=default\n"
+    assert line in text, "airflow.env no longer names the executor's namespace"
+    path = folder / "airflow.env"
+    path.write_text(text.replace(line, f"\n{NAMESPACE_OPTION}={namespace}\n"))
+    return path
 
 
 def stack_env(images: str, project: str, state_dir: Path) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The faults tier runs its modules in this order, destructive tests last (the stack fixture is
-tests/conftest.py's): doctor, security, identities and bad input leave the stack as they found it,
-then the faults of test_faults.py in file order (restarts, outages, `up` twice, down/up, `clean`
-last).
+tests/conftest.py's): doctor, security, identities, the executor in another namespace and bad input
+leave the stack as they found it, then the faults of test_faults.py in file order (restarts,
+outages, `up` twice, down/up, `clean` last).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ ORDER = (
     "test_doctor.py",
     "test_security.py",
     "test_identities.py",
+    "test_namespace.py",
     "test_bad_input.py",
     "test_faults.py",
 )

@@ -1,4 +1,5 @@
-"""Helpers of the faults tier: polling, a run's state through the REST API, pods on the cluster."""
+"""Helpers of the faults tier: polling, a run's state through the REST API, pods on the cluster, a
+service's own credential."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from airflow_k3s import shell
-from airflow_k3s.cluster import pod_label_value
+from airflow_k3s.cluster import kubectl_binary, pod_label_value
 from airflow_k3s.docker import not_ready
 from airflow_k3s.exits import UserError
 from tests.harness import DEMO, Stack
@@ -74,6 +76,8 @@ def running_pod(stack: Stack, run_id: str) -> str:
     result = stack.kubectl(
         "get",
         "pods",
+        "-n",
+        stack.kube.namespace,
         "-l",
         f"run_id={pod_label_value(run_id)}",
         "--field-selector=status.phase=Running",
@@ -112,3 +116,34 @@ def one_line_error(result: shell.Result) -> str:
     assert "Traceback" not in result.stderr + result.stdout
     assert len(lines) == 1, f"expected one line, got: {lines}"
     return lines[0]
+
+
+def in_container(stack: Stack, service: str, script: str) -> shell.Result:
+    """``sh -c script`` in a service's container, unchecked."""
+    name = str(stack.container(service)["Name"]).lstrip("/")
+    return stack.docker.docker("exec", name, "sh", "-c", script, check=False)
+
+
+def service_kubeconfig(stack: Stack, service: str, folder: Path) -> Path:
+    """The kubeconfig Airflow uses in ``service`` (its ServiceAccount's token), copied into
+    ``folder`` for the host: the server is the stack's published API port."""
+    shown = in_container(stack, service, "cat /opt/airflow/kube/config")
+    assert shown.returncode == 0, f"{service} has no kubeconfig: {shown.stderr}"
+    config = yaml.safe_load(shown.stdout)
+    port = stack.settings.ports["K3S_API_PORT"]
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
+    copy = folder / f"{service}.yaml"
+    copy.write_text(yaml.safe_dump(config))
+    return copy
+
+
+def kubectl_as(kubeconfig: Path, *args: str) -> str:
+    """kubectl with a service's own kubeconfig (service_kubeconfig), unchecked (`auth can-i`
+    exits 1 for "no"): its stdout, stripped."""
+    argv: list[str | Path] = [kubectl_binary(), "--kubeconfig", kubeconfig, *args]
+    return shell.run(argv, check=False, timeout=60).stdout.strip()
+
+
+def whoami(kubeconfig: Path) -> str:
+    """The user the API server takes a kubeconfig's credential for."""
+    return kubectl_as(kubeconfig, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")

@@ -129,21 +129,22 @@ def worker_pod_env(stack: Stack, name: str, variable: str) -> str:
     shown = stack.invoke("pod-yaml", DAG, "fetch")
     assert shown.returncode == 0, shown.stderr
     pod = yaml.safe_load(shown.stdout)
-    pod["metadata"] = {"name": name, "namespace": pod["metadata"]["namespace"]}
+    namespace = pod["metadata"]["namespace"]
+    pod["metadata"] = {"name": name, "namespace": namespace}
     pod["spec"]["restartPolicy"] = "Never"
     # The image's entrypoint runs python as given (anything else as `airflow ...`).
     script = f"import os; print(os.environ[{variable!r}])"
     pod["spec"]["containers"][0]["args"] = ["python", "-c", script]
     kube = stack.kube
-    kube.run("delete", "pod", name, "--ignore-not-found", "--wait=true")
+    kube.run("delete", "pod", name, "-n", namespace, "--ignore-not-found", "--wait=true")
     kube.apply(pod)
     try:
-        ended = kube.wait_pod_ended(name, pod["metadata"]["namespace"], timeout=180)
-        output = kube.run("logs", name).stdout.strip()
+        ended = kube.wait_pod_ended(name, namespace, timeout=180)
+        output = kube.run("logs", name, "-n", namespace).stdout.strip()
         assert ended["exitCode"] == 0, f"{variable} in the pod: {output or ended}"
         return output.splitlines()[-1]
     finally:
-        kube.run("delete", "pod", name, "--wait=false", check=False)
+        kube.run("delete", "pod", name, "-n", namespace, "--wait=false", check=False)
 
 
 def test_an_edited_worker_configuration_reaches_new_pods(stack: Stack, tmp_path: Path) -> None:

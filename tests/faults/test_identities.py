@@ -14,10 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from airflow_k3s import identities, shell
-from airflow_k3s.cluster import kubectl_binary
+from airflow_k3s import identities
 from airflow_k3s.identities import Identity
-from tests.faults.faultlib import one_line_error, variant, wait_for
+from tests.faults.faultlib import (
+    in_container,
+    one_line_error,
+    service_kubeconfig,
+    variant,
+    wait_for,
+    whoami,
+)
 from tests.harness import Stack
 
 pytestmark = pytest.mark.docker
@@ -68,38 +74,16 @@ def test_each_identity_may_do_what_it_needs_and_nothing_more(
 AIRFLOW_WITH_IDENTITY = ("airflow-scheduler", "airflow-apiserver", "airflow-triggerer")
 
 
-def in_container(stack: Stack, service: str, script: str) -> shell.Result:
-    name = str(stack.container(service)["Name"]).lstrip("/")
-    return stack.docker.docker("exec", name, "sh", "-c", script, check=False)
-
-
 def test_no_airflow_container_holds_an_admin_credential(stack: Stack, tmp_path: Path) -> None:
     """Each service that talks to the cluster holds its own ServiceAccount's token (the API
     server says whose it is); the dag-processor holds nothing; k3s's admin key is in none."""
     admin = yaml.safe_load(stack.settings.host_kubeconfig.read_text())
     admin_key = str(admin["users"][0]["user"]["client-key-data"])[:40]
-    port = stack.settings.ports["K3S_API_PORT"]
     for service in AIRFLOW_WITH_IDENTITY:
-        shown = in_container(stack, service, "cat /opt/airflow/kube/config")
-        assert shown.returncode == 0, f"{service} has no kubeconfig: {shown.stderr}"
-        config = yaml.safe_load(shown.stdout)
-        user = config["users"][0]["user"]
+        copy = service_kubeconfig(stack, service, tmp_path)
+        user = yaml.safe_load(copy.read_text())["users"][0]["user"]
         assert set(user) == {"token"}, f"{service}: {sorted(user)}: a token and nothing else"
-        config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
-        copy = tmp_path / f"{service}.yaml"
-        copy.write_text(yaml.safe_dump(config))
-        who = shell.run(
-            [
-                kubectl_binary(),
-                "--kubeconfig",
-                copy,
-                "auth",
-                "whoami",
-                "-o",
-                "jsonpath={.status.userInfo.username}",
-            ]
-        )
-        assert who.stdout == identities.account(IDENTITY_OF[service], NAMESPACE)
+        assert whoami(copy) == identities.account(IDENTITY_OF[service], NAMESPACE)
     none = in_container(stack, "airflow-dag-processor", "test -e /opt/airflow/kube/config")
     assert none.returncode == 1, "the dag-processor holds no kubeconfig"
     for service in (*AIRFLOW_WITH_IDENTITY, "airflow-dag-processor"):

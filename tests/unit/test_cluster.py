@@ -6,6 +6,7 @@ the Airflow lock) and against a worker pod built the way the executor builds it 
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
-from airflow_k3s import cluster, lifecycle
+from airflow_k3s import cluster, lifecycle, runs
 from airflow_k3s.boundary import Stack
 from airflow_k3s.cluster import Kubectl
 from airflow_k3s.exits import ExitCode, UserError
+from airflow_k3s.generated import worker_secret_data
 from airflow_k3s.settings import Settings
+from tests.harness import airflow_env_in
 from tests.unit.conftest import FakeCommands
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,6 +106,43 @@ def test_apply_sends_the_manifest_on_stdin_and_names_a_refusal(
     )
     assert seen["argv"][-5:] == ["apply", "--server-side", "--field-manager=airflow-k3s", "-f", "-"]
     assert seen["input"] == '{"kind": "Pod", "metadata": {"name": "p1"}}'
+
+
+# --------------------------------------------------------------------------- the namespace
+
+
+def test_the_pod_look_ups_are_in_the_executors_namespace(
+    tmp_path: Path, commands: FakeCommands, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Worker pods, their events, logs and Secret, and `status`: all in the namespace airflow.env
+    names (not `default`)."""
+    cfg = load(tmp_path, AIRFLOW_ENV_FILE=str(airflow_env_in(tmp_path, "team-a")))
+    cfg.host_kubeconfig.parent.mkdir(parents=True)
+    cfg.host_kubeconfig.write_text(KUBECONFIG)
+    stack = Stack(cfg)
+    pod = {
+        "metadata": {"name": "p1", "labels": {"run_id": "r1"}, "creationTimestamp": "2026"},
+        "status": {"phase": "Failed"},
+    }
+    commands.on("kubectl", "get", "pods", stdout=json.dumps({"items": [pod]}))
+    env = {"AIRFLOW__CORE__PARALLELISM": "8"}
+    secret = json.dumps({"data": worker_secret_data(env)})
+    commands.on("kubectl", "get", "secret", stdout=secret)
+    commands.on("compose", "version", stdout="2.40.3\n")
+    commands.on("ps", "--all", stdout=json.dumps({"Service": "k3s", "State": "running"}))
+
+    stack.kube.print_pod_diagnostics("dag_id=d")
+    stack.kube.show_pods("dag_id=d")
+    assert runs.pod_logs(stack, "d", "t", "", 0, 10) == 0
+    stack.kube.wait_worker_secret(env, timeout=0)
+    lifecycle.status(stack)
+    capsys.readouterr()
+
+    kubectl = [argv[3:] for argv in commands.ran if argv[0].endswith("kubectl")]
+    looked_up = {" ".join(args[:2]) for args in kubectl}
+    assert looked_up == {"get pods", "get events", "logs -n", "get secret", "get nodes,pods"}
+    for args in kubectl:
+        assert args[args.index("-n") + 1] == "team-a", args
 
 
 # --------------------------------------------------------------------------- selectors

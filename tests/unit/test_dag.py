@@ -49,6 +49,16 @@ def test_dag_folder_imports_cleanly_as_airflow_parses_it(repo: Path) -> None:
         assert not t.executor_config
 
 
+def test_the_kpo_example_launches_its_pod_in_the_executors_namespace(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    monkeypatch.setenv("AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE", "airflow-tasks")
+    bag = BundleDagBag(dag_folder=repo / "dags" / "example_kpo.py", bundle_path=repo / "dags")
+    assert bag.dags["example_kpo"].get_task("launch").namespace == "airflow-tasks"
+
+
 def test_dag_module_is_cheap_to_import(repo: Path) -> None:
     # The hooks (and boto3) are imported inside the tasks, never at parse time.
     probe = (

@@ -287,6 +287,35 @@ def test_cli_kubeconfig_writes_private_rewritten_file(tmp_path: Path) -> None:
     assert stat.S_IMODE(dst.stat().st_mode) == 0o600
 
 
+def test_kubeconfig_namespace_is_the_current_contexts() -> None:
+    doc = yaml.safe_load(KUBECONFIG)
+    assert k3s.kubeconfig_namespace(KUBECONFIG) == ""
+    doc["contexts"][0]["context"]["namespace"] = "airflow-tasks"
+    doc["contexts"].insert(0, {"name": "other", "context": {"namespace": "default"}})
+    assert k3s.kubeconfig_namespace(yaml.safe_dump(doc)) == "airflow-tasks"
+    assert k3s.kubeconfig_namespace("") == ""
+
+
+def test_cli_kubeconfig_waits_for_the_executors_namespace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After the namespace changed, the kubeconfig in the volume holds the old namespace's token
+    until kube-credentials writes the new one: it is not copied."""
+    src, dst = tmp_path / "k3s.yaml", tmp_path / "kube" / "config"
+    doc = yaml.safe_load(KUBECONFIG)
+    doc["contexts"][0]["context"]["namespace"] = "default"
+    src.write_text(yaml.safe_dump(doc))
+    argv = ["kubeconfig", "--src", str(src), "--dst", str(dst), "--server", "https://k3s:6443"]
+    waiting = [*argv, "--namespace", "airflow-tasks", "--timeout", "0"]
+    assert container.main(waiting) == 1
+    assert not dst.exists()
+    assert "kubeconfig (kube-credentials) for namespace airflow-tasks" in capsys.readouterr().err
+    doc["contexts"][0]["context"]["namespace"] = "airflow-tasks"
+    src.write_text(yaml.safe_dump(doc))
+    assert container.main(waiting) == 0
+    assert dst.exists()
+
+
 def test_cli_reports_setup_errors_as_exit_code_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

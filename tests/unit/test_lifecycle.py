@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from airflow_k3s import generated, images
 from airflow_k3s import lifecycle as stack
@@ -16,6 +17,7 @@ from airflow_k3s.boundary import Stack
 from airflow_k3s.docker import Docker
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.settings import Settings
+from tests.harness import airflow_env_in
 from tests.unit.conftest import FakeCommands
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,6 +68,57 @@ def test_the_worker_secret_follows_airflow_env(tmp_path: Path) -> None:
     assert cfg.airflow_env == config, "Settings read airflow.env as it is"
     assert {k: env[k] for k in config} == config
     assert set(env) - set(config) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+NAMESPACED = {"PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding", "Secret"}
+
+
+def rendered(cfg: Settings) -> dict[str, list[dict[str, Any]]]:
+    """file name -> its objects, of what k3s applies from .generated/k3s, in the order it does."""
+    folder = cfg.generated / "k3s"
+    return {p.name: list(yaml.safe_load_all(p.read_text())) for p in sorted(folder.iterdir())}
+
+
+def test_everything_rendered_is_in_the_executors_namespace_which_comes_first(
+    tmp_path: Path,
+) -> None:
+    cfg = stack.ensure_secrets(
+        load(tmp_path, AIRFLOW_ENV_FILE=str(airflow_env_in(tmp_path, "airflow-tasks")))
+    )
+    files = rendered(cfg)
+    # k3s and the node apply the files in name order and each file's objects in order.
+    first = next(iter(files))
+    assert first == generated.NAMESPACE_FILE
+    namespace = files[first][0]
+    assert namespace["kind"] == "Namespace"
+    assert namespace["metadata"] == {"name": "airflow-tasks", "labels": generated.PART_OF}
+    namespaced = [d for docs in files.values() for d in docs if d["kind"] in NAMESPACED]
+    assert {d["metadata"]["namespace"] for d in namespaced} == {"airflow-tasks"}
+    kinds = {d["kind"] for docs in files.values() for d in docs}
+    assert kinds == {"Namespace", "PersistentVolume", *NAMESPACED}
+    secret = cfg.generated / "k3s" / f"{generated.WORKER_SECRET_NAME}.yaml"
+    worker = generated.secret_manifest_env(secret.read_text())
+    assert worker["AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE"] == "airflow-tasks", "the pods know"
+
+
+def test_the_default_namespace_is_never_rendered(tmp_path: Path) -> None:
+    """Every cluster has `default`: owning it would let k3s delete it with the file's objects."""
+    files = rendered(stack.ensure_secrets(load(tmp_path)))
+    kinds = [d["kind"] for docs in files.values() for d in docs]
+    assert "Namespace" not in kinds
+    claim = files[generated.NAMESPACE_FILE][-1]
+    assert claim["metadata"]["namespace"] == "default"
+    assert claim["spec"]["volumeName"] == "airflow-shared", "the PV a stack has bound already"
+
+
+def test_rendering_again_writes_the_same_bytes(tmp_path: Path) -> None:
+    """k3s re-applies a file whose content changed: an unchanged configuration changes none."""
+    cfg = load(tmp_path, AIRFLOW_ENV_FILE=str(airflow_env_in(tmp_path, "airflow-tasks")))
+    folder = cfg.generated / "k3s"
+    stack.ensure_secrets(cfg)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    stack.ensure_secrets(cfg)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 # --------------------------------------------------------------------------- ports

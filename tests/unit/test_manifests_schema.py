@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from airflow_k3s import settings
+from airflow_k3s import generated, settings
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((REPO / "k3s" / "manifests").glob("*.yaml"))
@@ -65,6 +65,15 @@ def test_there_are_manifests() -> None:
 
 def test_rendered_worker_secret_validates(worker_secret_manifest: str) -> None:
     validate(yaml.safe_load(worker_secret_manifest))
+
+
+@pytest.mark.parametrize("namespace", ["default", "airflow-tasks"])
+def test_rendered_namespace_and_shared_volume_validate(namespace: str) -> None:
+    docs = list(yaml.safe_load_all(generated.render_executor_namespace(namespace)))
+    kinds = ["PersistentVolume", "PersistentVolumeClaim"]
+    assert [d["kind"] for d in docs] == (kinds if namespace == "default" else ["Namespace", *kinds])
+    for doc in docs:
+        validate(doc)
 
 
 def test_validation_is_strict_and_would_catch_a_typo() -> None:

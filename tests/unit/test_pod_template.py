@@ -90,22 +90,23 @@ def test_worker_pod_inlines_no_secret_values(
         assert not [e for e in container.get("env", []) if SECRETISH.search(e["name"])]
 
 
-def test_pvc_claimed_by_the_template_exists_in_the_manifests(repo: Path) -> None:
-    docs = [
-        d
-        for f in sorted((repo / "k3s" / "manifests").glob("*.yaml"))
-        for d in yaml.safe_load_all(f.read_text())
-        if d
-    ]
+@pytest.mark.parametrize("namespace", ["default", "airflow-tasks"])
+def test_the_claim_of_the_template_is_rendered_in_the_executors_namespace(
+    repo: Path, namespace: str
+) -> None:
+    template = yaml.safe_load((repo / "airflow" / "pod_template.yaml").read_text())
+    wanted = template["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    docs = generated.executor_namespace(namespace)
     claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
     volumes = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolume"}
-    claim = claims["airflow-shared"]
-    assert claim["metadata"]["namespace"] == "default"  # the executor's namespace
+    claim = claims[wanted]
+    assert claim["metadata"]["namespace"] == namespace  # the executor's namespace
     pv = volumes[claim["spec"]["volumeName"]]
     assert pv["spec"]["storageClassName"] == claim["spec"]["storageClassName"]
     assert set(claim["spec"]["accessModes"]) <= set(pv["spec"]["accessModes"])
     # Several task pods at once: the volume must be ReadWriteMany.
     assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    assert pv["spec"]["hostPath"]["path"] == "/var/lib/airflow-shared", "compose's shared-data"
 
 
 # --------------------------------------------------------------------------- the worker Secret

@@ -9,6 +9,7 @@ import pytest
 from airflow_k3s import settings
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.settings import Settings
+from tests.harness import airflow_env_in
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -197,4 +198,23 @@ def test_pod_security_is_one_of_the_levels(tmp_path: Path) -> None:
     assert exc.value.code is ExitCode.USAGE
     assert exc.value.message == (
         "POD_SECURITY must be one of privileged, baseline, restricted, not 'strict'"
+    )
+
+
+def test_the_executors_namespace_is_read_from_airflow_env(tmp_path: Path) -> None:
+    assert load(tmp_path).namespace == "default"
+    mine = load(tmp_path, AIRFLOW_ENV_FILE=str(airflow_env_in(tmp_path, "airflow-tasks")))
+    assert mine.namespace == "airflow-tasks"
+    assert mine.compose_env["AIRFLOW_K3S_NAMESPACE"] == "airflow-tasks", "kube-credentials too"
+
+
+@pytest.mark.parametrize("name", ["Airflow", "airflow_tasks", "-tasks", "tasks-", "x" * 64, ""])
+def test_a_namespace_kubernetes_would_refuse_is_one_line(tmp_path: Path, name: str) -> None:
+    cfg = load(tmp_path, AIRFLOW_ENV_FILE=str(airflow_env_in(tmp_path, name)))
+    with pytest.raises(UserError) as exc:
+        _ = cfg.namespace
+    assert exc.value.code is ExitCode.USAGE
+    assert exc.value.message == (
+        f"AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE in {tmp_path / 'airflow.env'} must be a "
+        f"namespace name (lowercase letters, digits and '-', at most 63), not {name!r}"
     )
