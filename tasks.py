@@ -1,8 +1,8 @@
 """What airflow-k3s can do: `invoke --list`, `invoke --help TASK`. The logic is in airflow_k3s/.
 
 Tasks, in the order a user meets them: secrets, doctor, up, settings, status, demo, trigger-dag,
-publish-dags, parse, pod-yaml, task-test, airflow, logs, pod-logs, kubectl, kubeconfig, build, push, down,
-clean, lock.
+publish-dags, parse, pod-yaml, task-test, airflow, logs, pod-logs, kubectl, kubeconfig, build, push,
+down, clean, lock.
 Each parses its arguments, makes the one Stack object of the invocation (airflow_k3s/boundary.py),
 calls the package, and turns its errors into one line and an exit code (airflow_k3s/exits.py).
 AIRFLOW_K3S_VERBOSE=1 prints every docker, compose and kubectl command a task runs.

@@ -260,8 +260,11 @@ class Docker:
         self.compose("up", "--detach", "--no-build", what="docker compose up")
 
     def down(self, timeout: int, volumes: bool = False) -> None:
+        """Stop and remove the containers of every service, those of a profile that is off now
+        included (the git-server of an earlier DAG_SOURCE=git); with ``volumes`` the data too."""
         extra = ["--volumes", "--remove-orphans"] if volumes else []
-        self.compose("down", "--timeout", str(timeout), *extra, what="docker compose down")
+        args = ("--profile", "*", "down", "--timeout", str(timeout), *extra)
+        self.compose(*args, what="docker compose down")
 
     def restart(self, *services: str) -> None:
         self.compose("restart", *services)

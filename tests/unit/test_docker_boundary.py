@@ -358,3 +358,22 @@ def test_push_returns_the_registrys_digest(commands: FakeCommands, tmp_path: Pat
     commands.on("image", "inspect", stdout=json.dumps([{"RepoDigests": digests}]))
     assert Docker(load(tmp_path)).push(tag) == "sha256:ab12"
     assert ["docker", "image", "push", "--quiet", tag] in commands.ran
+
+
+def test_down_and_clean_remove_every_profiles_containers(
+    tmp_path: Path, commands: FakeCommands
+) -> None:
+    """A git-server left from an earlier DAG_SOURCE=git goes too (its profile is off now)."""
+    docker = Docker(load(tmp_path, DAG_SOURCE="image"))
+    docker.down(timeout=7)
+    docker.down(timeout=7, volumes=True)
+    stop, clean = commands.ran[-2:]
+    assert stop[stop.index("--profile") : stop.index("--profile") + 2] == ["--profile", "*"]
+    assert stop[stop.index("down") :] == ["down", "--timeout", "7"]
+    assert clean[clean.index("down") :] == [
+        "down",
+        "--timeout",
+        "7",
+        "--volumes",
+        "--remove-orphans",
+    ]
