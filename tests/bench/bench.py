@@ -13,6 +13,9 @@ it measures, with the images already built:
   measured once against the other);
 - the DAG-edit loop: edit a DAG file, build and push the worker image, trigger, until the task has
   run the new code;
+- the two ways of shipping DAGs (DAG_SOURCE image and git), same run: the edit loop and the CPU
+  per task of each, with the DAGs folder as it is and with 10 MB more (`--only dag-sources`
+  measures just this, into the existing report);
 - the stack's memory and CPU when idle.
 
 Writes docs/benchmarks.md, docs/benchmarks.json and docs/bench-scaling.png.
@@ -21,6 +24,7 @@ Writes docs/benchmarks.md, docs/benchmarks.json and docs/bench-scaling.png.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import platform
 import sys
@@ -39,7 +43,7 @@ from airflow_k3s import runs, shell
 from airflow_k3s.settings import ROOT, Settings
 from tests.bench import measure
 from tests.bench.measure import Sampler, task_timings, timed
-from tests.bench.report import Figure, Report, median, slope, write
+from tests.bench.report import PODS, Figure, Report, load, median, slope, write
 from tests.harness import Stack, require_docker, stack_env
 
 GIB = 1024**3
@@ -51,6 +55,9 @@ TARGETS = {
     "memory_idle": 3 * GIB,
 }
 EDIT_DAG = "bench_edit"
+#: The DAG-source comparison: mapped tasks per CPU measurement, MB of extra files.
+SOURCE_TASKS = 20
+EXTRA_MB = 10
 
 
 @dataclass(frozen=True)
@@ -121,8 +128,9 @@ def executor_settings(cfg: Settings) -> dict[str, str]:
 class Bench:
     """One benchmark run on its own stack."""
 
-    def __init__(self, runs: int, sizes: list[int], experiments: bool) -> None:
+    def __init__(self, runs: int, sizes: list[int], experiments: bool, only: str = "") -> None:
         self.runs = runs
+        self.only = only
         self.sizes = sizes
         self.experiments = experiments
         project = f"airflow-k3s-bench-{uuid.uuid4().hex[:6]}"
@@ -479,25 +487,31 @@ class Bench:
 
     # ----------------------------------------------------------------------- edit loop
 
-    def edit_loop(self) -> None:
+    def edit_samples(self) -> list[float]:
+        """Seconds from a DAG file's edit to a run whose task returned the new value, the DAG
+        shipped the stack's way (DAG_SOURCE: image build and push, or publish), self.runs times."""
         path = self.stack.dags_dir / f"{EDIT_DAG}.py"  # the stack's copy of dags/
         samples = []
         try:
             write_edit_dag(path, "v0")
-            self.build_and_push()
+            self.ship()
             self.trigger(EDIT_DAG)
             for i in range(1, self.runs + 1):
                 value = f"v{i}"
                 started = time.monotonic()
                 write_edit_dag(path, value)
-                self.build_and_push()
+                self.ship()
                 _, run_id = self.trigger(EDIT_DAG)
                 samples.append(time.monotonic() - started)
                 got = self.stack.api().xcom(EDIT_DAG, run_id, "which")
                 assert got == value, f"the task ran {got!r}, not the edited {value!r}"
         finally:
             path.unlink(missing_ok=True)
-            self.build_and_push()
+            self.ship()
+        return samples
+
+    def edit_loop(self) -> None:
+        samples = self.edit_samples()
         self.report.add(
             Figure(
                 "edit_loop",
@@ -509,10 +523,58 @@ class Bench:
             )
         )
 
-    def build_and_push(self) -> None:
-        for args in (("build", "--worker-only"), ("push",)):
+    def ship(self) -> None:
+        """The DAGs folder to the pods: the worker image built and pushed, or a new version."""
+        git = self.stack.settings.git_dags
+        for args in [("publish-dags",)] if git else [("build", "--worker-only"), ("push",)]:
             result = self.stack.invoke(*args, timeout=600)
             assert result.returncode == 0, result.stderr[-2000:]
+
+    # ----------------------------------------------------------------------- DAG sources
+
+    def dag_sources(self) -> None:
+        """DAG_SOURCE=image against git on this stack: each one's edit loop and CPU per task,
+        with the DAGs folder as it is and with EXTRA_MB more. Ends in git mode."""
+        rows = []
+        for source in ("image", "git"):
+            if source == "git":
+                self.stack.env["DAG_SOURCE"] = "git"
+                up = self.stack.invoke("up", timeout=1800)
+                assert up.returncode == 0, up.stderr[-2000:]
+            for extra_mb in (0, EXTRA_MB):
+                extra = write_extra_files(self.stack.dags_dir, extra_mb)
+                try:
+                    self.ship()
+                    rows.append(self.dag_source_row(source, extra_mb))
+                finally:
+                    for file in extra:
+                        file.unlink()
+        self.ship()
+        self.report.dag_sources = {
+            "meta": {
+                "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+                "git_commit": self.report.meta.get("git_commit", "?"),
+                "command": "nox -s bench" + (f" -- --only {self.only}" if self.only else ""),
+                "runs": self.runs,
+                "n": SOURCE_TASKS,
+                "extra_mb": EXTRA_MB,
+            },
+            "rows": rows,
+        }
+
+    def dag_source_row(self, source: str, extra_mb: int) -> dict[str, Any]:
+        loop = self.edit_samples()
+        label = f"DAG_SOURCE={source}" + (f" +{extra_mb} MB" if extra_mb else "")
+        run = self.mapped(SOURCE_TASKS, label)
+        used: dict[str, float] = run["cpu_s"]
+        return {
+            "source": source,
+            "extra_mb": extra_mb,
+            "edit_loop_s": loop,
+            "cpu_per_task_s": sum(used.values()) / SOURCE_TASKS,
+            "pods_cpu_per_task_s": used.get(PODS, float("nan")) / SOURCE_TASKS,
+            "wall_s": run["wall_s"],
+        }
 
     # ----------------------------------------------------------------------- resources
 
@@ -549,6 +611,8 @@ class Bench:
 
     def run(self) -> int:
         require_docker()
+        if self.only == "dag-sources":
+            return self.run_dag_sources()
         try:
             self.up_cold()
             self.idle()
@@ -559,6 +623,7 @@ class Bench:
             if self.experiments and any(r["n"] == 50 for r in self.report.scaling):
                 self.experiments_run()
             self.edit_loop()
+            self.dag_sources()
         finally:
             self.report.notes.append(
                 "Each mapped run starts on a node without ended pods: the bench deleted "
@@ -574,6 +639,35 @@ class Bench:
                 self.stack.invoke("clean", timeout=300)
         print(f"wrote {ROOT / 'docs' / 'benchmarks.md'}")
         return 0
+
+    def run_dag_sources(self) -> int:
+        """`--only dag-sources`: that comparison alone, into the existing docs/benchmarks.json."""
+        docs = ROOT / "docs"
+        report = load(docs / "benchmarks.json")
+        try:
+            assert self.stack.invoke("up", timeout=3600).returncode == 0
+            self.dag_sources()
+            report.dag_sources = self.report.dag_sources
+            write(report, docs)
+        finally:
+            if os.environ.get("AIRFLOW_K3S_KEEP_STACK") != "1":
+                self.stack.invoke("clean", timeout=300)
+        print(f"wrote the DAG-source section of {docs / 'benchmarks.md'}")
+        return 0
+
+
+def write_extra_files(folder: Path, megabytes: int) -> list[Path]:
+    """``megabytes`` MB of Python data modules in ``folder`` (one per MB; random, so that neither
+    git nor an image layer compresses them away; no DAG in them, so nothing is parsed)."""
+    files = []
+    for i in range(megabytes):
+        path = folder / f"bench_extra_{i:02d}.py"
+        data = base64.b64encode(os.urandom(3 * 1024 * 1024 // 4)).decode()
+        path.write_text(
+            f'"""Written by tests/bench/bench.py, removed after it."""\n\nDATA = "{data}"\n'
+        )
+        files.append(path)
+    return files
 
 
 def shown_run(run: dict[str, Any]) -> str:
@@ -635,9 +729,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-experiments", action="store_true", help="skip the settings experiments"
     )
+    parser.add_argument(
+        "--only",
+        choices=["dag-sources"],
+        default="",
+        help="measure one section again into the existing report",
+    )
     args = parser.parse_args(argv)
     sizes = [int(n) for n in args.sizes.split(",") if n]
-    return Bench(args.runs, sizes, not args.no_experiments).run()
+    return Bench(args.runs, sizes, not args.no_experiments, args.only).run()
 
 
 if __name__ == "__main__":

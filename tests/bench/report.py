@@ -72,6 +72,9 @@ class Report:
     experiments: list[dict[str, Any]] = field(default_factory=list)
     readiness: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: DAG_SOURCE=image against git, measured in one run (its own commit and date: `--only
+    #: dag-sources` measures it again into an existing report): {"meta": ..., "rows": [...]}
+    dag_sources: dict[str, Any] = field(default_factory=dict)
 
     def add(self, figure: Figure) -> Figure:
         self.figures.append(figure)
@@ -94,6 +97,7 @@ def write(report: Report, docs: Path) -> None:
         "experiments": report.experiments,
         "readiness": report.readiness,
         "notes": report.notes,
+        "dag_sources": report.dag_sources,
     }
     (docs / "benchmarks.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
     if report.scaling:
@@ -177,6 +181,7 @@ def markdown(report: Report, docs: Path) -> str:
         cpu_section(report),
         node_section(report),
         experiments_section(report),
+        dag_sources_section(report),
         ["", "## Notes", ""] + [f"- {n}" for n in report.notes] if report.notes else [],
         machine_comparison(report, docs),
         standin_comparison(report, docs),
@@ -401,6 +406,44 @@ def experiments_section(report: Report) -> list[str]:
     )
 
 
+#: The git-mode edit loop's target (issue #28): edit, publish, trigger, the new code ran.
+GIT_EDIT_LOOP_TARGET = 3.0
+
+
+def dag_sources_section(report: Report) -> list[str]:
+    """Image mode against git mode, same run: the edit loop and the CPU each task costs, with the
+    DAGs folder as it is and with 10 MB more in it."""
+    section = report.dag_sources
+    if not section.get("rows"):
+        return []
+    meta = section["meta"]
+    out = ["", "## Shipping DAGs: the worker image against the git server (DAG_SOURCE)", ""]
+    out.append(
+        f"Measured in one run ({meta['date']}, commit {meta['git_commit']}, "
+        f"`{meta['command']}`), both ways on one stack. Edit loop: write a DAG file, ship it "
+        "(`build --worker-only` and `push`; or `publish-dags`), trigger, until the task returned "
+        f"the new value (median of {meta['runs']}; target for git: ≤ {GIT_EDIT_LOOP_TARGET:g} s). "
+        f"CPU per task: a run of {meta['n']} mapped trivial tasks, CPU seconds of every "
+        "container (and of the pods alone) divided by N: in git mode each pod clones the "
+        f"repository. '+{meta['extra_mb']} MB': that many MB of Python data modules added to the "
+        "DAGs folder (no DAG in them: the dag-processor skips them), what a pod then clones and "
+        "an image build then copies."
+    )
+    out.append("")
+    rows = [
+        [
+            f"`{r['source']}`" + (f" +{r['extra_mb']} MB" if r["extra_mb"] else ""),
+            f"{median(r['edit_loop_s']):.1f} s",
+            f"{r['cpu_per_task_s']:.2f}",
+            f"{r['pods_cpu_per_task_s']:.2f}",
+            f"{r['wall_s']:.1f} s",
+        ]
+        for r in section["rows"]
+    ]
+    header = ["DAG_SOURCE", "edit loop", "CPU s / task", "pods' CPU s / task", f"N={meta['n']} run"]
+    return out + _table(header, rows)
+
+
 def verdict(experiment: dict[str, Any], spread: float | None) -> str:
     """The experiment's verdict; "within the noise" when the change moved the time by less than
     the spread of the runs with the project's settings (both in %)."""
@@ -422,6 +465,7 @@ def load(path: Path) -> Report:
         experiments=data["experiments"],
         readiness=data["readiness"],
         notes=data["notes"],
+        dag_sources=data.get("dag_sources") or {},
     )
 
 

@@ -177,11 +177,42 @@ def test_a_report_renders_again_from_its_json(tmp_path: Path) -> None:
         loadavg_start="0 0 0",
     )
     report.add(Figure("mapped_50", "50 mapped", "s", [150.0, 165.0], 150.0))
+    report.dag_sources = {
+        "meta": {
+            "date": "d",
+            "git_commit": "c",
+            "command": "nox -s bench",
+            "runs": 3,
+            "n": 20,
+            "extra_mb": 10,
+        },
+        "rows": [
+            {
+                "source": "image",
+                "extra_mb": 0,
+                "edit_loop_s": [6.0, 7.0, 6.5],
+                "cpu_per_task_s": 1.5,
+                "pods_cpu_per_task_s": 1.0,
+                "wall_s": 40.0,
+            },
+            {
+                "source": "git",
+                "extra_mb": 10,
+                "edit_loop_s": [3.0, 2.0, 4.0],
+                "cpu_per_task_s": 2.25,
+                "pods_cpu_per_task_s": 1.5,
+                "wall_s": 50.0,
+            },
+        ],
+    }
     write(report, tmp_path)
     first = (tmp_path / "benchmarks.md").read_text()
     write(load(tmp_path / "benchmarks.json"), tmp_path)
     assert (tmp_path / "benchmarks.md").read_text() == first
     assert "| 50 mapped | 157.5 s | ≤ 150 s | **no** | 2 |" in first
+    # The DAG-source comparison: the median edit loop, CPU per task, both ways, one table.
+    assert "| `image` | 6.5 s | 1.50 | 1.00 | 40.0 s |" in first
+    assert "| `git` +10 MB | 3.0 s | 2.25 | 1.50 | 50.0 s |" in first
 
 
 def machine_report(cpu: str, wall_50: float, pod_cpu: list[float]) -> Report:
