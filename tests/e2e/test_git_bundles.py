@@ -142,18 +142,40 @@ def test_a_run_keeps_its_version_while_a_new_one_is_published(git_stack: Stack) 
     assert f"DAG bundle dags@{v1[:12]}" in logs.stdout
 
 
-def test_publish_names_a_dag_file_that_fails_to_import(git_stack: Stack) -> None:
+def test_a_broken_version_is_named_and_stalls_the_runs_in_flight_until_fixed(
+    git_stack: Stack,
+) -> None:
+    """What Airflow 3.3 does with a DAG whose file fails to import in a new version (written
+    down in the README): publish names the file, line and error (exit 11); the DAG goes stale,
+    and a run of it in flight stops being scheduled (its running task ends, the next one waits)
+    until a version that imports is published; then it goes on, at its own commit."""
     stack = git_stack
-    broken = stack.dags_dir / "broken_on_purpose.py"
-    broken.write_text("from airflow.sdk import dag\n\nraise RuntimeError('broken on purpose')\n")
-    try:
-        result = stack.invoke("publish-dags", timeout=300)
-        assert result.returncode == 11, result.stderr[-2000:]  # ExitCode.IMPORT_ERRORS
-        assert (
-            "broken_on_purpose.py: line 3: RuntimeError: broken on purpose"
-            in result.stderr.strip().splitlines()[-1]
-        )
-    finally:
-        broken.unlink()
-    fixed = stack.invoke("publish-dags", timeout=300)
-    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    api = stack.api()
+    api.http.delete(f"/api/v2/variables/{GO}")
+    path = stack.dags_dir / "bundle_probe.py"
+    path.write_text(probe_dag("v3"))
+    good = publish(stack)
+    trigger = stack.invoke("trigger-dag", PROBE, timeout=300)
+    assert trigger.returncode == 0, trigger.stderr[-3000:]
+    run_id = trigger.stdout.strip().splitlines()[-1]
+    wait_for_state(stack, run_id, "wait_for_go", "running", timeout=300)
+
+    path.write_text(probe_dag("v4") + "\nraise RuntimeError('broken on purpose')\n")
+    broken = stack.invoke("publish-dags", timeout=300)
+    assert broken.returncode == 11, broken.stderr[-2000:]  # ExitCode.IMPORT_ERRORS
+    line = len(probe_dag("v4").splitlines()) + 2
+    assert (
+        f"bundle_probe.py: line {line}: RuntimeError: broken on purpose"
+        in broken.stderr.strip().splitlines()[-1]
+    )
+    api.http.post("/api/v2/variables", json={"key": GO, "value": "1"}).raise_for_status()
+    wait_for_state(stack, run_id, "wait_for_go", "success", timeout=120)
+    time.sleep(30)  # several scheduler loops
+    _, tis = api.run_state(PROBE, run_id)
+    assert tis["value"].get("state") in (None, ""), tis["value"]  # not scheduled: stalled
+
+    path.write_text(probe_dag("v4"))
+    publish(stack)
+    wait_for_state(stack, run_id, "value", "success", timeout=120)
+    assert api.xcom(PROBE, run_id, "value") == "v3"  # the run's own commit, good's
+    assert f"bundle dags@{good[:12]}" in trigger.stderr
