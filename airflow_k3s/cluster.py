@@ -288,6 +288,37 @@ def pod_bundle(pod: dict[str, Any]) -> str:
     return f"{info.get('name')}@{str(version)[:12]}" if version else ""
 
 
+def unschedulable(pod: dict[str, Any]) -> str:
+    """The scheduler's reason why no node can take a Pending pod ('0/4 nodes are available:
+    ...'), or '' when it is scheduled or not yet tried."""
+    for condition in pod.get("status", {}).get("conditions") or []:
+        wanted = ("PodScheduled", "False", "Unschedulable")
+        if (condition.get("type"), condition.get("status"), condition.get("reason")) == wanted:
+            return str(condition.get("message") or "Unschedulable").strip()
+    return ""
+
+
+def placement(pod: dict[str, Any]) -> str:
+    """What a pod asks of its node, in one line: nodeSelector, required node affinity, the taints
+    it tolerates (Kubernetes' own default tolerations left out); '' when it may go anywhere."""
+    spec = pod.get("spec", {})
+    parts = [f"nodeSelector {k}={v}" for k, v in sorted((spec.get("nodeSelector") or {}).items())]
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for expr in term.get("matchExpressions") or []:
+            values = ",".join(expr.get("values") or [])
+            parts.append(f"affinity {expr.get('key')} {expr.get('operator')} [{values}]")
+    for toleration in spec.get("tolerations") or []:
+        key = str(toleration.get("key") or "")
+        if key.startswith("node.kubernetes.io/"):
+            continue
+        value = f"={toleration['value']}" if toleration.get("value") else ""
+        parts.append(f"tolerates {key}{value}:{toleration.get('effect') or '*'}")
+    return "; ".join(parts)
+
+
 def pod_problem(pod: dict[str, Any]) -> str:
     """Why a pod is not running or failed, in one line: waiting/terminated reasons and messages
     (ErrImagePull, OOMKilled, CreateContainerConfigError, ...), or the pod's own reason."""

@@ -257,7 +257,9 @@ class Docker:
         return shell.attach([*self.compose_cli(), "exec", *flags, service, *command], env=self.env)
 
     def up(self) -> None:
-        self.compose("up", "--detach", "--no-build", what="docker compose up")
+        """Start what the compose files name, and remove what they no longer name (the agent
+        nodes of pools taken out of NODE_POOLS)."""
+        self.compose("up", "--detach", "--no-build", "--remove-orphans", what="docker compose up")
 
     def down(self, timeout: int, volumes: bool = False) -> None:
         """Stop and remove the containers of every service, those of a profile that is off now

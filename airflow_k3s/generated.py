@@ -28,6 +28,8 @@ SECRET_KEYS = (
     "POSTGRES_PASSWORD",
     "S3_ACCESS_KEY",
     "S3_SECRET_KEY",
+    # The cluster's join secret: k3s's server token, which agent nodes (NODE_POOLS) present.
+    "K3S_TOKEN",
 )
 WORKER_SECRET_NAME = "airflow-worker-env"
 ADMIN_USER = "admin"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -76,12 +77,60 @@ def passing_outage(exc: httpx.HTTPError) -> bool:
     return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500
 
 
+class PlacementWatch:
+    """Says, while a run is followed, why no node takes a task's pod (the scheduler's own words
+    and what the pod asks for), as soon as the scheduler says it: without it such a task waits
+    in `queued` until `task_queued_timeout` fails it. Looks (one kubectl call) only while a task
+    has been queued for QUEUED_SECONDS, and at most every QUEUED_SECONDS."""
+
+    QUEUED_SECONDS = 5.0
+
+    def __init__(self, stack: Stack, dag_id: str, run_id: str) -> None:
+        self.stack, self.selector = stack, cluster.pod_selector(dag_id, run_id=run_id)
+        self.queued_since: float | None = None
+        self.last_look = 0.0
+        self.said: set[str] = set()
+
+    def check(self, states: Mapping[str, str], now: float) -> None:
+        if not any("queued" in state for state in states.values()):  # mapped: "queued 3, ..."
+            self.queued_since = None
+            return
+        self.queued_since = self.queued_since or now
+        wait = self.QUEUED_SECONDS
+        if now - self.queued_since < wait or now - self.last_look < wait:
+            return
+        self.last_look = now
+        try:
+            pods = self.stack.kube.worker_pods(self.selector)
+        except UserError:
+            return  # no kubeconfig yet, or the API is away: the run's end will say more
+        for pod in pods:
+            for line in unschedulable_lines(pod):
+                if line not in self.said:
+                    self.said.add(line)
+                    say(line)
+
+
+def unschedulable_lines(pod: dict[str, Any]) -> list[str]:
+    """'task T: no node can take pod P: <scheduler's reason> (it asks for: ...)', or none."""
+    reason = cluster.unschedulable(pod)
+    if not reason:
+        return []
+    labels = pod.get("metadata", {}).get("labels") or {}
+    asks = cluster.placement(pod) or "nothing in particular"
+    return [
+        f"{labels.get('task_id', '?')}: no node can take pod {pod['metadata']['name']}: "
+        f"{reason} (it asks for: {asks})"
+    ]
+
+
 def follow_run(stack: Stack, client: AirflowAPI, dag_id: str, run_id: str, timeout: float) -> str:
     """Print task state changes until the run ends, riding out API outages (the run goes on
     without the API); on failure print logs and pod diagnostics. The run's final state."""
     seen: dict[str, str] = {}
     tis: dict[str, dict[str, Any]] = {}
     outage = False
+    placement = PlacementWatch(stack, dag_id, run_id)
 
     def ended() -> str:
         nonlocal seen, tis, outage
@@ -101,6 +150,7 @@ def follow_run(stack: Stack, client: AirflowAPI, dag_id: str, run_id: str, timeo
         for line in state_changes(seen, now):
             say(line)
         seen = now
+        placement.check(now, time.monotonic())
         return state if state in ("success", "failed") else ""
 
     def timed_out() -> UserError:

@@ -174,6 +174,8 @@ class Settings:
     pod_security: str = "privileged"
     #: Where the DAGs come from ($DAG_SOURCE): `image` or `git` (see DAG_SOURCES).
     dag_source: str = "image"
+    #: The node pools file ($NODE_POOLS): agent nodes beside the server; None: the server alone.
+    node_pools: Path | None = None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, root: Path = ROOT) -> Settings:
@@ -217,6 +219,7 @@ class Settings:
             ),
             pod_security=pod_security,
             dag_source=dag_source,
+            node_pools=_path(merged.get("NODE_POOLS"), None),
         )
 
     @functools.cached_property
@@ -263,7 +266,14 @@ class Settings:
         files = [self.root / COMPOSE_FILE]
         if self.local:
             files.append(self.root / LOCAL_COMPOSE_FILE)
+        if self.node_pools and self.agents_file.exists():  # rendered by `up` (pools.py)
+            files.append(self.agents_file)
         return files
+
+    @property
+    def agents_file(self) -> Path:
+        """The compose file of the agent nodes of NODE_POOLS (.generated/compose.agents.yml)."""
+        return self.generated / "compose.agents.yml"
 
     @property
     def env_file(self) -> Path:

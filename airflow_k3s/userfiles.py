@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from airflow_k3s import pools
 from airflow_k3s.docker import Docker
 from airflow_k3s.exits import ExitCode, UserError
 from airflow_k3s.settings import Settings, k3s_kubernetes_version
@@ -70,6 +71,8 @@ def check_all(cfg: Settings) -> None:
     check_dags_dir(cfg.dags_dir)
     check_requirements(cfg.worker_requirements)
     check_pod_template(cfg.pod_template, ".".join(k3s_kubernetes_version(cfg.root).split(".")[:2]))
+    if cfg.node_pools:
+        pools.load(cfg.node_pools)
 
 
 def worker_context(cfg: Settings) -> Path:

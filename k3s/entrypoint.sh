@@ -13,10 +13,11 @@
 #   b. The shared volume (hostPath of the PV that `invoke up` renders into .generated/k3s with
 #      the executor's namespace): owned by uid 50000 gid 0, group-writable, setgid, so worker pods
 #      (uid 50000, gid 0) can write it.
-#   c. Manifests: docker-compose.yml mounts the repo's k3s/manifests and the rendered .generated/k3s
-#      as subfolders of k3s's manifests folder, which k3s applies at start and re-applies whenever
-#      a file changes. This step checks they are there (and says loudly what is missing), and
-#      removes the copies that earlier versions of this script made.
+#   c. Manifests (a server's; an agent, `k3s agent`, has none): docker-compose.yml mounts the
+#      repo's k3s/manifests and the rendered .generated/k3s as subfolders of k3s's manifests
+#      folder, which k3s applies at start and re-applies whenever a file changes. This step checks
+#      they are there (and says loudly what is missing), and removes the copies that earlier
+#      versions of this script made.
 #   d. exec k3s with the original arguments (plus --resolv-conf).
 #
 # Every step is idempotent: a restarted container (new or same network namespace) ends in the same
@@ -217,7 +218,12 @@ if [ "${AIRFLOW_K3S_DNS_ONLY:-0}" = 1 ]; then
 fi
 
 prepare_shared_dir
-check_manifests
+# Only a server applies manifests; an agent (a node of a pool: `k3s agent`) has none.
+if [ "${1:-}" = agent ]; then
+    log "agent node: no manifests folder (the server applies them)"
+else
+    check_manifests
+fi
 
 if has_resolv_conf_arg "$@" || [ -n "${K3S_RESOLV_CONF:-}" ]; then
     warn "a resolv.conf was given to k3s explicitly (--resolv-conf or K3S_RESOLV_CONF): not adding --resolv-conf=$resolv_conf"
