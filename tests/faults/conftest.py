@@ -14,6 +14,7 @@ ORDER = (
     "test_identities.py",
     "test_namespace.py",
     "test_bad_input.py",
+    "test_node_loss.py",
     "test_faults.py",
 )
 

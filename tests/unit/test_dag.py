@@ -284,3 +284,29 @@ def test_verify_raises_on_a_tampered_object(fakes: Path) -> None:
     with pytest.raises(demo_lib.IntegrityError, match="JSON content differs") as err:
         module.verify.function(uploaded, run_id=RUN_ID)
     assert f"s3://test-data/{uploaded['key']}" in str(err.value)
+
+
+def test_the_node_pools_example_asks_each_task_for_its_pool(repo: Path) -> None:
+    """What each task's pod asks of its node (the follower prints the same line when no node
+    can take it), and the node's name handed to the task."""
+    from airflow.dag_processing.dagbag import BundleDagBag
+    from kubernetes.client import ApiClient
+
+    from airflow_k3s.cluster import placement
+
+    path = repo / "dags" / "example_node_pools.py"
+    dag = BundleDagBag(dag_folder=path, bundle_path=repo / "dags").dags["example_node_pools"]
+    asks = {}
+    for task in dag.tasks:
+        pod = ApiClient().sanitize_for_serialization(task.executor_config["pod_override"])
+        (base,) = pod["spec"]["containers"]
+        assert base["name"] == "base"
+        assert base["env"] == [
+            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+        ]
+        asks[task.task_id] = placement(pod)
+    assert asks == {
+        "on_gpu": "nodeSelector airflow-k3s/pool=gpu; tolerates airflow-k3s/pool=gpu:NoSchedule",
+        "on_highmem": "affinity airflow-k3s/pool In [highmem]",
+        "anywhere": "",
+    }
