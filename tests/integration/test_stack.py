@@ -23,11 +23,10 @@ MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 def test_every_service_is_healthy_on_loopback_ports(stack: Stack) -> None:
     states = stack.invoke("status")
     assert states.returncode == 0
-    seen = {
-        line.split()[0]: line.split()[1]
-        for line in states.stdout.splitlines()
-        if line.split() and line.split()[0] in SERVICES
-    }
+    seen: dict[str, str] = {}
+    for line in states.stdout.splitlines():  # the services first, then nodes ("k3s Ready")
+        if line.split() and line.split()[0] in SERVICES:
+            seen.setdefault(line.split()[0], line.split()[1])
     assert set(seen) == SERVICES
     for service, state in seen.items():
         one_shots = {"airflow-init": "exited(0)", "kube-credentials": "exited(0)"}
