@@ -13,6 +13,8 @@ it measures, with the images already built:
   measured once against the other);
 - the DAG-edit loop: edit a DAG file, build and push the worker image, trigger, until the task has
   run the new code;
+- node pools: an agent node's idle cost, and N mapped tasks on one node against three, same
+  run (`--only node-pools` measures just this);
 - the two ways of shipping DAGs (DAG_SOURCE image and git), same run: the edit loop and the CPU
   per task of each, with the DAGs folder as it is and with 10 MB more (`--only dag-sources`
   measures just this, into the existing report);
@@ -55,6 +57,9 @@ TARGETS = {
     "memory_idle": 3 * GIB,
 }
 EDIT_DAG = "bench_edit"
+#: Node pools: the pools file, and the mapped tasks of the one-node/three-node comparison.
+POOLS_FILE = ROOT / "k3s" / "node-pools.example.yaml"
+POOL_TASKS = 50
 #: The DAG-source comparison: mapped tasks per CPU measurement, MB of extra files.
 SOURCE_TASKS = 20
 EXTRA_MB = 10
@@ -530,6 +535,65 @@ class Bench:
             result = self.stack.invoke(*args, timeout=600)
             assert result.returncode == 0, result.stderr[-2000:]
 
+    # ----------------------------------------------------------------------- node pools
+
+    def node_pools(self) -> None:
+        """The server alone, then with the example's pools: N mapped tasks on each, and the
+        agents' idle cost. Ends without pools (`up` again: the agents go)."""
+        one = self.pool_run("one node (no pools)")
+        self.stack.env["NODE_POOLS"] = str(POOLS_FILE)
+        try:
+            assert self.stack.invoke("up", "--no-build", timeout=1800).returncode == 0
+            time.sleep(30)  # the agents' start settles
+            idle = self.agents_idle()
+            three = self.pool_run("three nodes (pools)")
+        finally:
+            del self.stack.env["NODE_POOLS"]
+            assert self.stack.invoke("up", "--no-build", timeout=1800).returncode == 0
+        self.report.node_pools = {
+            "meta": {
+                "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+                "git_commit": self.report.meta.get("git_commit", "?"),
+                "command": "nox -s bench" + (f" -- --only {self.only}" if self.only else ""),
+                "pools_file": str(POOLS_FILE.relative_to(ROOT)),
+                "agents": idle["agents"],
+                "n": POOL_TASKS,
+            },
+            "idle": idle,
+            "runs": [one, three],
+        }
+
+    def pool_run(self, label: str) -> dict[str, Any]:
+        run = self.mapped(POOL_TASKS, label)
+        pods = self.stack.pods("dag_id=bench_mapped")
+        newest = max(p["metadata"]["labels"]["run_id"] for p in pods)
+        used = {
+            p["spec"].get("nodeName") for p in pods if p["metadata"]["labels"]["run_id"] == newest
+        }
+        return {
+            "label": label,
+            "wall_s": run["wall_s"],
+            "cpu_per_task_s": sum(run["cpu_s"].values()) / POOL_TASKS,
+            "nodes_used": len(used),
+        }
+
+    def agents_idle(self) -> dict[str, float]:
+        """Memory and CPU of the agent containers, per agent (five samples' median)."""
+        memory, cpu, agents = [], [], 0
+        for _ in range(5):
+            sample = {
+                s: v for s, v in measure.stats(self.stack.project).items() if s.startswith("agent-")
+            }
+            agents = len(sample)
+            memory.append(sum(m for m, _ in sample.values()) / max(agents, 1))
+            cpu.append(sum(c for _, c in sample.values()) / max(agents, 1))
+            time.sleep(2)
+        return {
+            "agents": agents,
+            "memory_per_agent_bytes": median(memory),
+            "cpu_per_agent_pct": median(cpu),
+        }
+
     # ----------------------------------------------------------------------- DAG sources
 
     def dag_sources(self) -> None:
@@ -611,8 +675,8 @@ class Bench:
 
     def run(self) -> int:
         require_docker()
-        if self.only == "dag-sources":
-            return self.run_dag_sources()
+        if self.only:
+            return self.run_only()
         try:
             self.up_cold()
             self.idle()
@@ -623,6 +687,7 @@ class Bench:
             if self.experiments and any(r["n"] == 50 for r in self.report.scaling):
                 self.experiments_run()
             self.edit_loop()
+            self.node_pools()
             self.dag_sources()
         finally:
             self.report.notes.append(
@@ -640,19 +705,23 @@ class Bench:
         print(f"wrote {ROOT / 'docs' / 'benchmarks.md'}")
         return 0
 
-    def run_dag_sources(self) -> int:
-        """`--only dag-sources`: that comparison alone, into the existing docs/benchmarks.json."""
+    def run_only(self) -> int:
+        """`--only SECTION`: that section alone, into the existing docs/benchmarks.json."""
         docs = ROOT / "docs"
         report = load(docs / "benchmarks.json")
         try:
             assert self.stack.invoke("up", timeout=3600).returncode == 0
-            self.dag_sources()
-            report.dag_sources = self.report.dag_sources
+            if self.only == "node-pools":
+                self.node_pools()
+                report.node_pools = self.report.node_pools
+            else:
+                self.dag_sources()
+                report.dag_sources = self.report.dag_sources
             write(report, docs)
         finally:
             if os.environ.get("AIRFLOW_K3S_KEEP_STACK") != "1":
                 self.stack.invoke("clean", timeout=300)
-        print(f"wrote the DAG-source section of {docs / 'benchmarks.md'}")
+        print(f"wrote the {self.only} section of {docs / 'benchmarks.md'}")
         return 0
 
 
@@ -731,7 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["dag-sources"],
+        choices=["dag-sources", "node-pools"],
         default="",
         help="measure one section again into the existing report",
     )

@@ -75,6 +75,9 @@ class Report:
     #: DAG_SOURCE=image against git, measured in one run (its own commit and date: `--only
     #: dag-sources` measures it again into an existing report): {"meta": ..., "rows": [...]}
     dag_sources: dict[str, Any] = field(default_factory=dict)
+    #: Node pools' cost, measured in one run (`--only node-pools` again into a report):
+    #: {"meta": ..., "idle": {...}, "runs": [...]}
+    node_pools: dict[str, Any] = field(default_factory=dict)
 
     def add(self, figure: Figure) -> Figure:
         self.figures.append(figure)
@@ -98,6 +101,7 @@ def write(report: Report, docs: Path) -> None:
         "readiness": report.readiness,
         "notes": report.notes,
         "dag_sources": report.dag_sources,
+        "node_pools": report.node_pools,
     }
     (docs / "benchmarks.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
     if report.scaling:
@@ -182,6 +186,7 @@ def markdown(report: Report, docs: Path) -> str:
         node_section(report),
         experiments_section(report),
         dag_sources_section(report),
+        node_pools_section(report),
         ["", "## Notes", ""] + [f"- {n}" for n in report.notes] if report.notes else [],
         machine_comparison(report, docs),
         standin_comparison(report, docs),
@@ -444,6 +449,48 @@ def dag_sources_section(report: Report) -> list[str]:
     return out + _table(header, rows)
 
 
+def node_pools_section(report: Report) -> list[str]:
+    """What an agent node costs idle, and N mapped tasks on the server alone against the same on
+    three schedulable nodes (the example's pools), same run: the ratio is the figure."""
+    section = report.node_pools
+    if not section.get("runs"):
+        return []
+    meta, idle = section["meta"], section["idle"]
+    one, three = section["runs"]
+    out = ["", "## Node pools: what an agent node costs", ""]
+    out.append(
+        f"Measured in one run ({meta['date']}, commit {meta['git_commit']}, `{meta['command']}`) "
+        f"with the pools of `{meta['pools_file']}` ({meta['agents']} agents). Idle: the agents' "
+        "containers, averaged over five `docker stats` samples, per agent. Runs: "
+        f"{meta['n']} mapped trivial tasks on the server alone, then with the pools (the tasks "
+        "may use the server and the untainted agents: three nodes); CPU seconds of every "
+        "container divided by N; the ratio is three nodes' over one node's, so the machine's "
+        "speed cancels out."
+    )
+    out.append("")
+    out += _table(
+        ["idle, per agent node", "value"],
+        [
+            ["memory", f"{idle['memory_per_agent_bytes'] / 1024**2:.0f} MiB"],
+            ["CPU", f"{idle['cpu_per_agent_pct']:.1f} % of a core"],
+        ],
+    )
+    out.append("")
+    rows = [
+        [r["label"], f"{r['wall_s']:.1f} s", f"{r['cpu_per_task_s']:.2f}", str(r["nodes_used"])]
+        for r in (one, three)
+    ]
+    rows.append(
+        [
+            "ratio (three / one)",
+            f"{three['wall_s'] / one['wall_s']:.2f}",
+            f"{three['cpu_per_task_s'] / one['cpu_per_task_s']:.2f}",
+            "",
+        ]
+    )
+    return out + _table([f"N={meta['n']}", "wall", "CPU s / task", "nodes used"], rows)
+
+
 def verdict(experiment: dict[str, Any], spread: float | None) -> str:
     """The experiment's verdict; "within the noise" when the change moved the time by less than
     the spread of the runs with the project's settings (both in %)."""
@@ -466,6 +513,7 @@ def load(path: Path) -> Report:
         readiness=data["readiness"],
         notes=data["notes"],
         dag_sources=data.get("dag_sources") or {},
+        node_pools=data.get("node_pools") or {},
     )
 
 

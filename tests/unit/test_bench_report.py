@@ -205,6 +205,21 @@ def test_a_report_renders_again_from_its_json(tmp_path: Path) -> None:
             },
         ],
     }
+    report.node_pools = {
+        "meta": {
+            "date": "d",
+            "git_commit": "c",
+            "command": "nox -s bench",
+            "pools_file": "k3s/node-pools.example.yaml",
+            "agents": 3,
+            "n": 50,
+        },
+        "idle": {"agents": 3, "memory_per_agent_bytes": 300 * 1024**2, "cpu_per_agent_pct": 4.0},
+        "runs": [
+            {"label": "one node", "wall_s": 100.0, "cpu_per_task_s": 2.0, "nodes_used": 1},
+            {"label": "three nodes", "wall_s": 125.0, "cpu_per_task_s": 2.5, "nodes_used": 3},
+        ],
+    }
     write(report, tmp_path)
     first = (tmp_path / "benchmarks.md").read_text()
     write(load(tmp_path / "benchmarks.json"), tmp_path)
@@ -213,6 +228,9 @@ def test_a_report_renders_again_from_its_json(tmp_path: Path) -> None:
     # The DAG-source comparison: the median edit loop, CPU per task, both ways, one table.
     assert "| `image` | 6.5 s | 1.50 | 1.00 | 40.0 s |" in first
     assert "| `git` +10 MB | 3.0 s | 2.25 | 1.50 | 50.0 s |" in first
+    # Node pools: an agent's idle cost, and three nodes against one as ratios.
+    assert "| memory | 300 MiB |" in first
+    assert "| ratio (three / one) | 1.25 | 1.25 |  |" in first
 
 
 def machine_report(cpu: str, wall_50: float, pod_cpu: list[float]) -> Report:
