@@ -285,6 +285,11 @@ class Docker:
         out = self.docker(kind, "ls", *extra, "--filter", label, "--format", fmt).stdout
         return [line for line in out.splitlines() if line.strip()]
 
+    def remove_volumes(self, names: list[str]) -> None:
+        """Delete volumes by name (those compose no longer names: a removed agent node's)."""
+        if names:
+            self.docker("volume", "rm", *names, what="docker volume rm")
+
     def inspect(self, kind: str, name: str) -> dict[str, Any]:
         """`docker KIND inspect NAME` (container, image, volume) as a dict."""
         doc = json.loads(self.docker(kind, "inspect", name).stdout)

@@ -224,6 +224,9 @@ def clean(stack: Stack) -> None:
         f"({', '.join(volumes) or 'none'}), .env and .generated/"
     )
     docker.down(timeout=10, volumes=True)
+    # Volumes of services the compose files no longer name (the agents of pools taken out of
+    # NODE_POOLS) are the project's too.
+    docker.remove_volumes(docker.project_objects("volume"))
     if docker.image_exists(cfg.worker_image):  # this registry port's tag (layers are shared)
         docker.remove_image(cfg.worker_image)
     shutil.rmtree(cfg.generated, ignore_errors=True)

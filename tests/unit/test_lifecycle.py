@@ -241,3 +241,16 @@ def test_up_says_why_compose_could_not_start_a_service(
         "s3-1: Bind for 127.0.0.1:51123 failed: port is already allocated"
     )
     assert "waiting for: s3 (missing)" in capsys.readouterr().err
+
+
+def test_clean_deletes_the_volumes_of_agents_no_longer_in_node_pools(
+    tmp_path: Path, commands: FakeCommands
+) -> None:
+    """`compose down --volumes` deletes only the volumes the compose files name; an agent taken
+    out of NODE_POOLS left its own behind, and `clean` deletes them too."""
+    cfg = load(tmp_path)
+    commands.on("compose", "version", stdout="2.40.3\n")
+    commands.on("volume", "ls", stdout="p_agent-gpu-1-data\np_agent-gpu-1-kubelet\n")
+    stack.clean(Stack(cfg))
+    removed = [argv for argv in commands.ran if argv[1:3] == ["volume", "rm"]]
+    assert removed == [["docker", "volume", "rm", "p_agent-gpu-1-data", "p_agent-gpu-1-kubelet"]]
