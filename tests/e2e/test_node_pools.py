@@ -18,7 +18,7 @@ import pytest
 from airflow_k3s import pools
 from airflow_k3s.cluster import pod_selector
 from airflow_k3s.settings import ROOT
-from tests.harness import Stack
+from tests.harness import DEMO, DEMO_TASKS, Stack
 
 pytestmark = pytest.mark.docker
 EXAMPLE = ROOT / "k3s" / "node-pools.example.yaml"
@@ -160,3 +160,15 @@ def test_the_shared_volume_is_the_same_on_every_node(pooled: Stack) -> None:
         assert result.returncode == 0, result.stderr[-2000:]
     run_id = pooled.run_dag(SHARED, timeout=400)
     assert pooled.api().xcom(SHARED, run_id, "s2") == order
+
+
+def test_the_demo_runs_on_the_pools(pooled: Stack) -> None:
+    """The demo as it is (no placement asked): green, wherever the scheduler put its pods."""
+    run_id = pooled.run_dag(DEMO, timeout=400)
+    placed = {
+        p["metadata"]["labels"]["task_id"]: p["spec"]["nodeName"]
+        for p in pooled.pods(pod_selector(DEMO, run_id=run_id))
+    }
+    print(f"demo placed: {placed}")
+    assert set(placed) == DEMO_TASKS
+    assert "agent-gpu-1" not in placed.values()  # tainted: the demo does not tolerate it
