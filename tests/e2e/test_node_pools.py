@@ -83,8 +83,8 @@ def test_every_pools_node_joined_with_its_labels_and_taints(pooled: Stack) -> No
     assert status.returncode == 0, status.stderr[-2000:]
     rows = [line.split() for line in status.stdout.splitlines()]
     assert ["agent-gpu-1", "healthy"] in rows  # the service
-    node = next(r for r in rows if r[:2] == ["agent-gpu-1", "Ready"])  # the node
-    assert node[-1] == "gpu"  # the POOL column
+    row = next(r for r in rows if r[:2] == ["agent-gpu-1", "Ready"])  # the node
+    assert row[-1] == "gpu"  # the POOL column
 
 
 def test_each_task_lands_where_it_asked(pooled: Stack) -> None:
