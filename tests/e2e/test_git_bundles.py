@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from airflow_k3s.cluster import pod_bundle, pod_selector
+from airflow_k3s.cluster import pod_bundle, pod_label_value, pod_selector
 from tests.harness import Stack
 
 pytestmark = pytest.mark.docker
@@ -133,7 +133,10 @@ def test_a_run_keeps_its_version_while_a_new_one_is_published(git_stack: Stack) 
     by_run: dict[str, set[str]] = {}
     for pod in pods:
         by_run.setdefault(pod["metadata"]["labels"]["run_id"], set()).add(pod_bundle(pod))
-    assert sorted(by_run.values(), key=str) == [{f"dags@{v1[:12]}"}, {f"dags@{v2[:12]}"}]
+    assert by_run == {
+        pod_label_value(first_run): {f"dags@{v1[:12]}"},
+        pod_label_value(second_run): {f"dags@{v2[:12]}"},
+    }
     image_ids = {pod["status"]["containerStatuses"][0]["imageID"] for pod in pods}
     assert len(image_ids) == 1, image_ids  # one image, two versions of the DAG
 
