@@ -76,7 +76,10 @@ class AirflowAPI:
 
         def found_or_hopeless() -> str:
             nonlocal errors, known
-            if self.http.get(f"/api/v2/dags/{dag_id}").status_code == 200:
+            response = self.http.get(f"/api/v2/dags/{dag_id}")
+            # A stale DAG (its file was gone at the last parse) is listed, but Airflow refuses
+            # to trigger it (404): a file put back is found once the dag-processor has seen it.
+            if response.status_code == 200 and not response.json().get("is_stale"):
                 return "found"
             errors, known = self.import_errors(), self.dag_ids()
             waited = time.monotonic() - started

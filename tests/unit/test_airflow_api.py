@@ -101,6 +101,29 @@ def test_find_dag_returns_for_a_known_dag_at_once() -> None:
     assert asked == ["/auth/token", "/api/v2/dags/demo"]
 
 
+def test_find_dag_waits_while_the_dag_is_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DAG file deleted and put back: the DAG is listed but stale (Airflow refuses a run of
+    it) until the dag-processor has parsed the file again."""
+    clock = FakeClock()
+    monkeypatch.setattr(airflow_api, "time", clock)
+    monkeypatch.setattr("airflow_k3s.shell.time", clock)
+    answers = iter([True, False])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        token = login(request)
+        if token is not None:
+            return token
+        if request.url.path == "/api/v2/dags/edited":
+            return httpx.Response(200, json={"dag_id": "edited", "is_stale": next(answers)})
+        if request.url.path == "/api/v2/dags":
+            return httpx.Response(200, json={"dags": [{"dag_id": "edited"}]})
+        return httpx.Response(200, json={"import_errors": []})
+
+    api = AirflowAPI("http://a", "right", transport=httpx.MockTransport(handler))
+    api.find_dag("edited", timeout=90)
+    assert next(answers, "all asked") == "all asked"
+
+
 class FakeClock:
     """The ``time`` module of airflow_api and of the poll helper: 5 s pass per look at the clock,
     sleeping is free."""
