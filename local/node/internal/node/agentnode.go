@@ -1,0 +1,212 @@
+package node
+
+// `k3s agent`: a node that joins a server (join.go says how), started in this order, each step
+// logged:
+//
+//  1. configuration: flags, $K3S_URL, $K3S_TOKEN, $K3S_NODE_NAME, config.yaml and config.yaml.d
+//     (keys only a server has are ignored, as k3s does)
+//  2. containerd (config, registry mirrors), then the images the node needs
+//  3. join: the server's CA by discovery (cluster-info, its JWS checked with the token), the
+//     server's settings (airflow-k3s-agent-config), the bootstrap kubeconfig; credentials of
+//     another cluster removed
+//  4. kubelet: it gets its certificate by CSR (or keeps the valid one it has) and registers the
+//     node; once the server's controller-manager has given the node its pod CIDR, the CNI config
+//     for it and the masquerade rule
+//  5. kube-proxy, with the node's credential
+//  6. the routes to the other nodes' pods kept (routes.go)
+//
+// Supervision (a component that exits is started again), SIGTERM and exit codes as the server's.
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"strings"
+	"time"
+)
+
+// AgentMain is `k3s agent`.
+func AgentMain(args []string) int {
+	log.SetFlags(log.Ldate | log.Ltime | log.Lmicroseconds)
+	log.SetPrefix("airflow-k3s node: ")
+	cfg, err := LoadAgentConfig(args, os.Getenv, configFile)
+	if err != nil {
+		log.Printf("ERROR: %v", err)
+		return 2
+	}
+	if err := cfg.ResolveNode(os.Hostname, defaultRouteIP); err != nil {
+		log.Printf("ERROR: %v", err)
+		return 2
+	}
+	n := &Node{cfg: cfg, l: Layout{DataDir: cfg.DataDir}, sup: NewSupervisor()}
+	if err := n.run(n.agentStartUp, n.agentLoops); err != nil {
+		log.Printf("ERROR: %v", err)
+		return 1
+	}
+	return 0
+}
+
+func (n *Node) agentStartUp(ctx context.Context) error {
+	c, l := n.cfg, n.l
+	step("containerd")
+	if err := n.writeContainerdConfig(); err != nil {
+		return err
+	}
+	// The pod CIDR is the server's to give (step 4): until then no CNI config, so no pod starts
+	// with an address of an earlier registration.
+	if err := os.Remove(n.cniConfFile()); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	if err := n.startContainerd(ctx); err != nil {
+		return err
+	}
+	if err := n.importImages(ctx); err != nil {
+		return err
+	}
+
+	step("join " + c.ServerURL)
+	if err := n.join(ctx); err != nil {
+		return err
+	}
+
+	step("kubelet")
+	if _, err := n.start("kubelet", "kubelet", agentKubeletArgs(c, l)); err != nil {
+		return err
+	}
+	podCIDR, err := n.waitPodCIDR(ctx)
+	if err != nil {
+		return err
+	}
+	if err := writeFile(n.cniConfFile(), []byte(cniConfig(podCIDR)), 0o644); err != nil {
+		return err
+	}
+	if err := n.setupMasquerade(ctx, podCIDR); err != nil {
+		return err
+	}
+
+	step("kube-proxy")
+	_, err = n.start("kube-proxy", "kube-proxy", kubeProxyArgs(c, l))
+	return err
+}
+
+func (n *Node) agentLoops(ctx context.Context) {
+	api, err := clientFromKubeconfig(n.l.Agent("kubelet.kubeconfig"))
+	if err != nil { // it was read a moment ago (waitPodCIDR)
+		log.Printf("ERROR: pod routes: %v", err)
+		return
+	}
+	go n.routeLoop(ctx, api, 5*time.Second)
+	step("running; routes to other nodes' pods kept")
+}
+
+// join does steps 1-3 of join.go's agent side, and writes the files the kubelet and kube-proxy
+// start with.
+func (n *Node) join(ctx context.Context) error {
+	c, l := n.cfg, n.l
+	id, secret := BootstrapToken(c.Token)
+	var serverCA []byte
+	err := waitFor(ctx, 5*time.Minute, "the server's cluster-info, signed with bootstrap token "+id, func(ctx context.Context) error {
+		ca, err := discover(ctx, c.ServerURL, id, secret)
+		if err != nil && strings.Contains(err.Error(), "does not verify") {
+			return fatal{err} // a wrong token does not get right by waiting
+		}
+		serverCA = ca
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	pool, err := certPool(serverCA)
+	if err != nil {
+		return err
+	}
+	log.Printf("discovery: the server's CA %s (cluster-info's signature verified with the token)", fingerprint(serverCA))
+
+	// From here on the server is verified: the bootstrap token may be sent to it.
+	api := newAPIClient(c.ServerURL, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, id+"."+secret)
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	err = waitFor(ctx, 2*time.Minute, "the server's "+agentConfigName, func(ctx context.Context) error {
+		return api.get(ctx, agentConfigPath, &cm)
+	})
+	if err != nil {
+		return err
+	}
+	clientCA, err := applyAgentConfig(c, cm.Data)
+	if err != nil {
+		return err
+	}
+	log.Printf("the server's settings: cluster CIDR %s, service CIDR %s, DNS %s (%s)", c.ClusterCIDR, c.ServiceCIDR, c.ClusterDNS, c.ClusterDomain)
+
+	for file, why := range staleKubeletCredentials(l.Agent("kubelet.kubeconfig"), l.KubeletCertDir(), serverCA, clientCA) {
+		log.Printf("removing %s: %s (the kubelet requests a new certificate)", file, why)
+		if err := os.Remove(file); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	if _, err := os.Stat(l.Agent("kubelet.kubeconfig")); err == nil {
+		log.Printf("%s exists: the kubelet keeps its certificate while it is valid (no CSR)", l.Agent("kubelet.kubeconfig"))
+	} else {
+		log.Printf("the kubelet requests its client certificate (a CSR as system:bootstrap:%s)", id)
+	}
+	bootstrap := Kubeconfig{Server: c.ServerURL, CAPEM: serverCA, Token: id + "." + secret}
+	files := []struct {
+		path string
+		text string
+		mode os.FileMode
+	}{
+		{l.Agent("bootstrap.kubeconfig"), string(bootstrap.Render()), 0o600},
+		{l.Agent("client-ca.crt"), string(clientCA), 0o644},
+		{l.Agent("server-ca.crt"), string(serverCA), 0o644},
+		{l.Agent("kubelet-config.yaml"), agentKubeletConfig(c, l), 0o644},
+		{l.Agent("kube-proxy-config.yaml"), agentKubeProxyConfig(c, l), 0o644},
+	}
+	for _, f := range files {
+		if err := writeFile(f.path, []byte(f.text), f.mode); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitPodCIDR waits for the kubelet's kubeconfig (written after its CSR), the node's registration
+// and the pod CIDR the server's controller-manager gives it.
+func (n *Node) waitPodCIDR(ctx context.Context) (string, error) {
+	var podCIDR string
+	err := waitFor(ctx, 5*time.Minute, "the node's registration and pod CIDR", func(ctx context.Context) error {
+		api, err := clientFromKubeconfig(n.l.Agent("kubelet.kubeconfig"))
+		if err != nil {
+			return fmt.Errorf("no kubelet credential yet: %w", err)
+		}
+		node, err := api.node(ctx, n.cfg.NodeName)
+		if err != nil {
+			return fmt.Errorf("node %s: %w", n.cfg.NodeName, err)
+		}
+		if node.Spec.PodCIDR == "" {
+			return fmt.Errorf("node %s is registered, without a pod CIDR yet (the server's controller-manager gives it)", n.cfg.NodeName)
+		}
+		podCIDR = node.Spec.PodCIDR
+		return nil
+	})
+	if err == nil {
+		log.Printf("node %s: pod CIDR %s", n.cfg.NodeName, podCIDR)
+	}
+	return podCIDR, err
+}
+
+// fingerprint: SHA-256 of the CA's public key (SubjectPublicKeyInfo), kubeadm's
+// --discovery-token-ca-cert-hash format.
+func fingerprint(pemData []byte) string {
+	certs, err := parseCerts(pemData)
+	if err != nil {
+		return "(unreadable)"
+	}
+	sum := sha256.Sum256(certs[0].RawSubjectPublicKeyInfo)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
