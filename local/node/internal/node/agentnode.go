@@ -110,10 +110,15 @@ func (n *Node) join(ctx context.Context) error {
 	c, l := n.cfg, n.l
 	id, secret := BootstrapToken(c.Token)
 	var serverCA []byte
+	said := ""
 	err := waitFor(ctx, 5*time.Minute, "the server's cluster-info, signed with bootstrap token "+id, func(ctx context.Context) error {
 		ca, err := discover(ctx, c.ServerURL, id, secret)
 		if err != nil && strings.Contains(err.Error(), "does not verify") {
 			return fatal{err} // a wrong token does not get right by waiting
+		}
+		if err != nil && err.Error() != said { // each new reason once, while waiting
+			said = err.Error()
+			log.Printf("discovery: %v (trying again)", err)
 		}
 		serverCA = ca
 		return err

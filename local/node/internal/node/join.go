@@ -56,6 +56,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -304,7 +305,18 @@ func verifyClusterInfo(data map[string]string, id, secret string) ([]byte, error
 	}
 	signature, ok := data[jwsKeyPrefix+id]
 	if !ok {
-		return nil, fmt.Errorf("cluster-info is not signed with bootstrap token %s (yet): is K3S_TOKEN the server's? (the server signs it within seconds of start)", id)
+		var others []string
+		for key := range data {
+			if other, ok := strings.CutPrefix(key, jwsKeyPrefix); ok {
+				others = append(others, other)
+			}
+		}
+		sort.Strings(others)
+		if len(others) == 0 {
+			return nil, fmt.Errorf("cluster-info is not signed yet (the server signs it with its bootstrap token within seconds of start; without K3S_TOKEN it has none)")
+		}
+		return nil, fmt.Errorf("cluster-info is signed with bootstrap token %s, not with %s, this agent's: K3S_TOKEN differs from the server's (or the server has not signed with a new one yet)",
+			strings.Join(others, ", "), id)
 	}
 	if !jws.DetachedTokenIsValid(signature, kubeconfig, id, secret) {
 		return nil, fmt.Errorf("cluster-info's signature %s%s does not verify with this token: K3S_TOKEN differs from the server's, or this is not our server", jwsKeyPrefix, id)

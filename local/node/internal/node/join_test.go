@@ -175,8 +175,11 @@ func TestClusterInfoSignedByTheTokenVerifiesAndAWrongTokenFails(t *testing.T) {
 		t.Fatal("the CA from cluster-info is not the server CA")
 	}
 	wrongID, wrongSecret := BootstrapToken("wrong")
-	if _, err := verifyClusterInfo(data, wrongID, wrongSecret); err == nil || !strings.Contains(err.Error(), "not signed with bootstrap token") {
+	if _, err := verifyClusterInfo(data, wrongID, wrongSecret); err == nil || !strings.Contains(err.Error(), "signed with bootstrap token "+id+", not with "+wrongID) {
 		t.Errorf("another token's id: %v", err)
+	}
+	if _, err := verifyClusterInfo(map[string]string{"kubeconfig": data["kubeconfig"]}, id, secret); err == nil || !strings.Contains(err.Error(), "not signed yet") {
+		t.Errorf("not signed yet: %v", err)
 	}
 	if _, err := verifyClusterInfo(data, id, wrongSecret); err == nil || !strings.Contains(err.Error(), "does not verify") {
 		t.Errorf("the right id with a wrong secret: %v", err)
