@@ -8,7 +8,9 @@ package node
 //  2. containerd (config, registry mirrors), then the images the node needs
 //  3. join: the server's CA by discovery (cluster-info, its JWS checked with the token), the
 //     server's settings (airflow-k3s-agent-config), the bootstrap kubeconfig; credentials of
-//     another cluster removed
+//     another cluster removed. An agent that joined before reads the settings with its kubelet's
+//     credential instead, and needs neither the token nor discovery (a changed K3S_TOKEN does not
+//     cut off nodes that joined)
 //  4. kubelet: it gets its certificate by CSR (or keeps the valid one it has) and registers the
 //     node; once the server's controller-manager has given the node its pod CIDR, the CNI config
 //     for it and the masquerade rule
@@ -26,6 +28,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -105,61 +108,21 @@ func (n *Node) agentLoops(ctx context.Context) {
 }
 
 // join does steps 1-3 of join.go's agent side, and writes the files the kubelet and kube-proxy
-// start with.
+// start with. An agent that joined before rejoins with its own credential (rejoin); one that
+// has none, or one the server no longer accepts, joins with the token.
 func (n *Node) join(ctx context.Context) error {
-	c, l := n.cfg, n.l
-	id, secret := BootstrapToken(c.Token)
-	var serverCA []byte
-	said := ""
-	err := waitFor(ctx, 5*time.Minute, "the server's cluster-info, signed with bootstrap token "+id, func(ctx context.Context) error {
-		ca, err := discover(ctx, c.ServerURL, id, secret)
-		if err != nil && strings.Contains(err.Error(), "does not verify") {
-			return fatal{err} // a wrong token does not get right by waiting
-		}
-		if err != nil && err.Error() != said { // each new reason once, while waiting
-			said = err.Error()
-			log.Printf("discovery: %v (trying again)", err)
-		}
-		serverCA = ca
-		return err
-	})
+	serverCA, clientCA, err := n.rejoin(ctx)
 	if err != nil {
 		return err
 	}
-	pool, err := certPool(serverCA)
-	if err != nil {
-		return err
-	}
-	log.Printf("discovery: the server's CA %s (cluster-info's signature verified with the token)", fingerprint(serverCA))
-
-	// From here on the server is verified: the bootstrap token may be sent to it.
-	api := newAPIClient(c.ServerURL, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, id+"."+secret)
-	var cm struct {
-		Data map[string]string `json:"data"`
-	}
-	err = waitFor(ctx, 2*time.Minute, "the server's "+agentConfigName, func(ctx context.Context) error {
-		return api.get(ctx, agentConfigPath, &cm)
-	})
-	if err != nil {
-		return err
-	}
-	clientCA, err := applyAgentConfig(c, cm.Data)
-	if err != nil {
-		return err
-	}
-	log.Printf("the server's settings: cluster CIDR %s, service CIDR %s, DNS %s (%s)", c.ClusterCIDR, c.ServiceCIDR, c.ClusterDNS, c.ClusterDomain)
-
-	for file, why := range staleKubeletCredentials(l.Agent("kubelet.kubeconfig"), l.KubeletCertDir(), serverCA, clientCA) {
-		log.Printf("removing %s: %s (the kubelet requests a new certificate)", file, why)
-		if err := os.Remove(file); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if serverCA == nil {
+		if serverCA, clientCA, err = n.tokenJoin(ctx); err != nil {
 			return err
 		}
 	}
-	if _, err := os.Stat(l.Agent("kubelet.kubeconfig")); err == nil {
-		log.Printf("%s exists: the kubelet keeps its certificate while it is valid (no CSR)", l.Agent("kubelet.kubeconfig"))
-	} else {
-		log.Printf("the kubelet requests its client certificate (a CSR as system:bootstrap:%s)", id)
-	}
+	c, l := n.cfg, n.l
+	log.Printf("the server's settings: cluster CIDR %s, service CIDR %s, DNS %s (%s)", c.ClusterCIDR, c.ServiceCIDR, c.ClusterDNS, c.ClusterDomain)
+	id, secret := BootstrapToken(c.Token)
 	bootstrap := Kubeconfig{Server: c.ServerURL, CAPEM: serverCA, Token: id + "." + secret}
 	files := []struct {
 		path string
@@ -178,6 +141,117 @@ func (n *Node) join(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// errNotAccepted: the server refuses the kubelet's credential (another cluster's, or expired).
+var errNotAccepted = errors.New("the server does not accept the kubelet's credential")
+
+// rejoin: an agent whose kubelet has a kubeconfig for this server reads the server's settings
+// with it (nodes may), over TLS verified with the CA in it: no token and no discovery needed, so
+// it rejoins as itself even if the server's token has changed since. It returns no CAs when there
+// is no such kubeconfig, or the server does not accept it: its files are then removed, and the
+// agent joins with the token.
+func (n *Node) rejoin(ctx context.Context) (serverCA, clientCA []byte, err error) {
+	c, l := n.cfg, n.l
+	kubeconfig := l.Agent("kubelet.kubeconfig")
+	raw, err := os.ReadFile(kubeconfig)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil
+	}
+	var api *apiClient
+	kc, err := parseKubeconfig(raw)
+	if err == nil {
+		serverCA, err = kc.caPEM()
+	}
+	if err == nil && kc.Clusters[0].Cluster.Server != c.ServerURL {
+		err = fmt.Errorf("it is for %s, not %s", kc.Clusters[0].Cluster.Server, c.ServerURL)
+	}
+	if err == nil {
+		api, err = clientFromKubeconfig(kubeconfig)
+	}
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	if err == nil {
+		err = waitFor(ctx, 5*time.Minute, "the server's "+agentConfigName+" (with the kubelet's credential)", func(ctx context.Context) error {
+			err := api.get(ctx, agentConfigPath, &cm)
+			var unknownCA *tls.CertificateVerificationError
+			if isHTTP(err, 401) || errors.As(err, &unknownCA) {
+				return fatal{fmt.Errorf("%w: %v", errNotAccepted, err)}
+			}
+			return err
+		})
+		if ctx.Err() != nil || (err != nil && !errors.Is(err, errNotAccepted)) {
+			return nil, nil, err // the server did not answer
+		}
+	}
+	if err == nil {
+		clientCA, err = applyAgentConfig(c, cm.Data)
+	}
+	if err == nil {
+		log.Printf("rejoined as node %s with the kubelet's credential (%s; no CSR while it is valid)", c.NodeName, kubeconfig)
+		return serverCA, clientCA, nil
+	}
+	log.Printf("%s cannot be used (%v): removing it and the kubelet's client certificates; joining with the token", kubeconfig, err)
+	stale, _ := filepath.Glob(filepath.Join(l.KubeletCertDir(), "kubelet-client-*"))
+	for _, file := range append(stale, kubeconfig) {
+		if err := os.Remove(file); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, nil, err
+		}
+	}
+	return nil, nil, nil
+}
+
+// tokenJoin: discovery and the server's settings with the bootstrap token (join.go, steps 1-2).
+func (n *Node) tokenJoin(ctx context.Context) (serverCA, clientCA []byte, err error) {
+	c, l := n.cfg, n.l
+	id, secret := BootstrapToken(c.Token)
+	said := ""
+	err = waitFor(ctx, 5*time.Minute, "the server's cluster-info, signed with bootstrap token "+id, func(ctx context.Context) error {
+		ca, err := discover(ctx, c.ServerURL, id, secret)
+		if err != nil && strings.Contains(err.Error(), "does not verify") {
+			return fatal{err} // a wrong token does not get right by waiting
+		}
+		if err != nil && err.Error() != said { // each new reason once, while waiting
+			said = err.Error()
+			log.Printf("discovery: %v (trying again)", err)
+		}
+		serverCA = ca
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	pool, err := certPool(serverCA)
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Printf("discovery: the server's CA %s (cluster-info's signature verified with the token)", fingerprint(serverCA))
+
+	// From here on the server is verified: the bootstrap token may be sent to it.
+	api := newAPIClient(c.ServerURL, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, id+"."+secret)
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	err = waitFor(ctx, 2*time.Minute, "the server's "+agentConfigName, func(ctx context.Context) error {
+		return api.get(ctx, agentConfigPath, &cm)
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if clientCA, err = applyAgentConfig(c, cm.Data); err != nil {
+		return nil, nil, err
+	}
+	// Certificates another cluster signed (a serving certificate, left by a kubeconfig that
+	// rejoin removed) would be kept by the kubelet while they have not expired.
+	for file, why := range staleKubeletCredentials(l.Agent("kubelet.kubeconfig"), l.KubeletCertDir(), serverCA, clientCA) {
+		log.Printf("removing %s: %s (the kubelet requests a new certificate)", file, why)
+		if err := os.Remove(file); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, nil, err
+		}
+	}
+	log.Printf("the kubelet requests its client certificate (a CSR as system:bootstrap:%s)", id)
+	return serverCA, clientCA, nil
 }
 
 // waitPodCIDR waits for the kubelet's kubeconfig (written after its CSR), the node's registration

@@ -40,9 +40,11 @@ package node
 //     system:node:<name>, group system:nodes), writes kubelet.kubeconfig, registers the node and
 //     renews the certificate itself (rotateCertificates); its serving certificate comes by CSR too
 //     (serverTLSBootstrap), approved by the server's loop;
-//  4. a restarted agent whose kubelet.kubeconfig still holds a valid certificate of this cluster
-//     rejoins as itself without a CSR: the kubelet uses it as it is. Certificates of another
-//     cluster (the server's volume was wiped) are removed first, so the kubelet bootstraps anew.
+//  4. a restarted agent whose kubelet.kubeconfig the server still accepts rejoins as itself
+//     without a CSR: it reads 2. with that credential (no token, no discovery: a changed
+//     K3S_TOKEN does not cut off nodes that joined), and the kubelet uses the certificate as it
+//     is while it is valid. A credential the server refuses (another cluster's CA after the
+//     server's data was wiped, an expired certificate) is removed, and the agent joins as in 1-3.
 
 import (
 	"context"

@@ -450,3 +450,44 @@ func TestKubeletCredentialsOfAnotherClusterAreStale(t *testing.T) {
 		t.Fatalf("want the kubeconfig and both certificates stale, got %v", stale)
 	}
 }
+
+func TestARestartedAgentRejoinsWithItsOwnCredentialOrDropsIt(t *testing.T) {
+	cfg, err := LoadConfig([]string{"--node-name=k3s"}, noEnv, "/nonexistent")
+	must(t, err)
+	clientCA := testCA(t, "client-ca")
+	data := stringData(joinDocs(t, cfg, clientCA.CertPEM, clientCA.CertPEM)["ConfigMap/"+agentConfigName])
+	accept := true
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !accept || r.URL.Path != agentConfigPath || r.Header.Get("Authorization") != "Bearer node-credential" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"data": data})
+	}))
+	defer srv.Close()
+	agent, err := agentConfigForTest(t, "--server="+srv.URL)
+	must(t, err)
+	n := &Node{cfg: agent, l: Layout{DataDir: t.TempDir()}}
+	if serverCA, _, err := n.rejoin(context.Background()); serverCA != nil || err != nil {
+		t.Fatalf("no kubeconfig: join with the token, got %v %v", serverCA, err)
+	}
+	kubeconfig := n.l.Agent("kubelet.kubeconfig")
+	certPEM := pemBlock("CERTIFICATE", srv.Certificate().Raw)
+	must(t, os.MkdirAll(n.l.KubeletCertDir(), 0o755))
+	must(t, os.WriteFile(filepath.Join(n.l.KubeletCertDir(), "kubelet-client-current.pem"), []byte("x"), 0o600))
+	must(t, os.WriteFile(kubeconfig, Kubeconfig{Server: srv.URL, CAPEM: certPEM, Token: "node-credential"}.Render(), 0o600))
+	serverCA, gotClientCA, err := n.rejoin(context.Background())
+	must(t, err)
+	if !samePEMCerts(serverCA, certPEM) || !samePEMCerts(gotClientCA, clientCA.CertPEM) {
+		t.Fatal("rejoin: the CAs")
+	}
+	accept = false
+	if serverCA, _, err := n.rejoin(context.Background()); serverCA != nil || err != nil {
+		t.Fatalf("a refused credential: join with the token, got %v %v", serverCA, err)
+	}
+	for _, file := range []string{kubeconfig, filepath.Join(n.l.KubeletCertDir(), "kubelet-client-current.pem")} {
+		if _, err := os.Stat(file); !os.IsNotExist(err) {
+			t.Errorf("%s must be removed: %v", file, err)
+		}
+	}
+}
