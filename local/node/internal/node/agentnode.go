@@ -104,7 +104,36 @@ func (n *Node) agentLoops(ctx context.Context) {
 		return
 	}
 	go n.routeLoop(ctx, api, 5*time.Second)
+	go n.watchCredential(ctx, api, 10*time.Second, 2*time.Minute)
 	step("running; routes to other nodes' pods kept")
+}
+
+// watchCredential: if the server refuses the node's credential for a while (its data was wiped:
+// another CA; the certificate expired while the node was cut off), the kubelet cannot recover on
+// its own. Then the node stops, loudly; started again, it joins anew with the token (rejoin).
+func (n *Node) watchCredential(ctx context.Context, api *apiClient, every, patience time.Duration) {
+	var since time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+		_, err := api.node(ctx, n.cfg.NodeName)
+		var unknownCA *tls.CertificateVerificationError
+		if !isHTTP(err, 401) && !errors.As(err, &unknownCA) {
+			since = time.Time{}
+			continue
+		}
+		if since.IsZero() {
+			since = time.Now()
+			log.Printf("the server refuses this node's credential: %v (the node stops if this lasts %s, and joins anew when started again)", err, patience)
+		}
+		if time.Since(since) >= patience {
+			n.broken <- fmt.Errorf("the server has refused this node's credential for %s (%v): stopping; started again, the node joins anew with the token", patience, err)
+			return
+		}
+	}
 }
 
 // join does steps 1-3 of join.go's agent side, and writes the files the kubelet and kube-proxy

@@ -81,6 +81,9 @@ type Node struct {
 	etcdTLS *tls.Config
 	// specs: how each supervised component was started, to start it again.
 	specs map[string]func() (*Proc, error)
+	// broken: a loop that finds the node cannot work any more says why here; the node stops
+	// with that error, and the container's restart policy starts it again.
+	broken chan error
 }
 
 // run starts the node with startUp, then runs loops and supervises the components until SIGTERM
@@ -117,6 +120,7 @@ func (n *Node) run(startUp func(context.Context) error, loops func(context.Conte
 		cancel()
 	}()
 
+	n.broken = make(chan error, 1)
 	if err := startUp(ctx); err != nil {
 		if stopped.Load() {
 			n.shutdown()
@@ -263,6 +267,8 @@ func (n *Node) keep(ctx context.Context, policy *RestartPolicy) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case err := <-n.broken:
+			return err
 		case p := <-exited:
 			delay, err := policy.Next(p.Name, time.Now())
 			if err != nil {
