@@ -8,12 +8,15 @@
 //	                          kube-controller-manager, kube-scheduler, kubelet and kube-proxy,
 //	                          the manifests folder kept applied, kubeconfig written
 //	                          (internal/node: all of the node's logic, tested without Kubernetes)
+//	k3s agent [flags]         a node that joins the server ($K3S_URL, $K3S_TOKEN) by the kubelet's
+//	                          TLS bootstrap: containerd, kubelet and kube-proxy
 //	k3s kubectl ... | kubectl the kubectl of the same release (default kubeconfig: k3s's)
 //	k3s ctr ... | ctr         containerd's ctr against the node's containerd socket
 //	k3s <component> ...       one component (the server starts each as its own process)
 //
-// It accepts the k3s flags that docker-compose.yml passes, reads /etc/rancher/k3s/config.yaml
-// and config.yaml.d/*.yaml like k3s, and rejects flags it does not implement with one line.
+// It accepts the k3s flags that docker-compose.yml and the agents' services pass, reads
+// /etc/rancher/k3s/config.yaml and config.yaml.d/*.yaml like k3s, and rejects flags it does not
+// implement with one line.
 package main
 
 import (
@@ -47,6 +50,8 @@ func run(name string, args []string) int {
 	switch name {
 	case "server":
 		return node.ServerMain(args)
+	case "agent":
+		return node.AgentMain(args)
 	case "kubectl":
 		return kubectlMain(args)
 	case "ctr":
@@ -70,10 +75,10 @@ func run(name string, args []string) int {
 			node.KubernetesVersion, version.Get().GoVersion, node.ContainerdVersion, node.CorednsVersion)
 		return 0
 	case "help", "--help", "-h":
-		fmt.Println("usage: k3s server [flags] | k3s kubectl ... | k3s ctr ... | k3s --version")
+		fmt.Println("usage: k3s server [flags] | k3s agent [flags] | k3s kubectl ... | k3s ctr ... | k3s --version")
 		return 0
 	default:
-		fmt.Fprintf(os.Stderr, "k3s: unknown command %q (this node implements: server, kubectl, ctr, --version)\n", name)
+		fmt.Fprintf(os.Stderr, "k3s: unknown command %q (this node implements: server, agent, kubectl, ctr, --version)\n", name)
 		return 2
 	}
 }

@@ -1,6 +1,6 @@
 package node
 
-// The agent side of the node: containerd's configuration, the registry mirrors, the CNI network,
+// The node side of both roles: containerd's configuration, the registry mirrors, the CNI network,
 // the kubelet's and kube-proxy's files; containerd itself and the images it imports at start.
 
 import (
@@ -15,7 +15,33 @@ import (
 
 // ---------------------------------------------------------------- agent: containerd and friends
 
+// writeAgentConfig: the server's node files. Its pod subnet is the first /24 (PodSubnet), known
+// before anything starts.
 func (n *Node) writeAgentConfig() error {
+	c, l := n.cfg, n.l
+	if err := n.writeContainerdConfig(); err != nil {
+		return err
+	}
+	files := map[string]string{
+		n.cniConfFile():                   cniConfig(c.PodSubnet()),
+		l.Agent("kubelet-config.yaml"):    kubeletConfig(c, l),
+		l.Agent("kube-proxy-config.yaml"): kubeProxyConfig(c, l),
+	}
+	for path, text := range files {
+		if err := writeFile(path, []byte(text), 0o644); err != nil {
+			return err
+		}
+	}
+	return os.MkdirAll(l.Manifests(), 0o755)
+}
+
+func (n *Node) cniConfFile() string {
+	return filepath.Join(n.l.CNIConfDir(), "10-airflow-k3s.conflist")
+}
+
+// writeContainerdConfig: containerd's config and registry mirrors (registries.yaml), and the
+// folders the node's components expect.
+func (n *Node) writeContainerdConfig() error {
 	c, l := n.cfg, n.l
 	regs, err := LoadRegistries(c.RegistriesFile)
 	if err != nil {
@@ -35,18 +61,10 @@ func (n *Node) writeAgentConfig() error {
 		}
 		log.Printf("registry mirror %s: %s", filepath.Dir(rel), oneLine([]byte(text)))
 	}
-	files := map[string]string{
-		l.ContainerdConfig(): containerdConfig(c, l),
-		filepath.Join(l.CNIConfDir(), "10-airflow-k3s.conflist"): cniConfig(c),
-		l.Agent("kubelet-config.yaml"):                           kubeletConfig(c, l),
-		l.Agent("kube-proxy-config.yaml"):                        kubeProxyConfig(c, l),
+	if err := writeFile(l.ContainerdConfig(), []byte(containerdConfig(c, l)), 0o644); err != nil {
+		return err
 	}
-	for path, text := range files {
-		if err := writeFile(path, []byte(text), 0o644); err != nil {
-			return err
-		}
-	}
-	for _, dir := range []string{l.ImagesDir(), l.Manifests(), filepath.Dir(l.Logs("x")), kubeletRootDir} {
+	for _, dir := range []string{l.ImagesDir(), l.CNIConfDir(), filepath.Dir(l.Logs("x")), kubeletRootDir} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}

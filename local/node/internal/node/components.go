@@ -6,6 +6,7 @@ package node
 
 import (
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -55,7 +56,10 @@ func apiServerArgs(c *Config, l Layout) []string {
 		"--storage-backend=etcd3",
 		"--service-cluster-ip-range=" + c.ServiceCIDR,
 		"--allow-privileged=true",
-		"--anonymous-auth=false",
+		// Anonymous requests only for kube-public/cluster-info (join.go: authenticationConfig);
+		// agents join with bootstrap tokens (join.go).
+		"--authentication-config=" + l.ServerEtc("authentication-config.yaml"),
+		"--enable-bootstrap-token-auth=true",
 		"--authorization-mode=Node,RBAC",
 		"--enable-admission-plugins=NodeRestriction",
 		"--client-ca-file=" + l.TLS("client-ca.crt"),
@@ -100,12 +104,24 @@ func controllerManagerArgs(c *Config, l Layout) []string {
 		"--use-service-account-credentials=true",
 		"--service-account-private-key-file="+l.TLS("service.key"),
 		"--root-ca-file="+l.TLS("server-ca.crt"),
-		"--cluster-signing-cert-file="+l.TLS("client-ca.crt"),
-		"--cluster-signing-key-file="+l.TLS("client-ca.key"),
-		"--cluster-cidr="+c.ClusterCIDR,
+		// The bootstrap token's signer (cluster-info's JWS) and cleaner, off by default (join.go).
+		"--controllers=*,bootstrapsigner,tokencleaner",
+		// One CA per signer, each the one its certificates are checked with: client certificates
+		// by the API server's --client-ca-file, kubelet serving certificates by its
+		// --kubelet-certificate-authority. (No legacy-unknown signer: nothing here asks for it.)
+		"--cluster-signing-kube-apiserver-client-cert-file="+l.TLS("client-ca.crt"),
+		"--cluster-signing-kube-apiserver-client-key-file="+l.TLS("client-ca.key"),
+		"--cluster-signing-kubelet-client-cert-file="+l.TLS("client-ca.crt"),
+		"--cluster-signing-kubelet-client-key-file="+l.TLS("client-ca.key"),
+		"--cluster-signing-kubelet-serving-cert-file="+l.TLS("server-ca.crt"),
+		"--cluster-signing-kubelet-serving-key-file="+l.TLS("server-ca.key"),
 		"--service-cluster-ip-range="+c.ServiceCIDR,
-		// The pod subnet is fixed (one node, PodSubnet) and written into the CNI config.
-		"--allocate-node-cidrs=false",
+		// Every node gets a /24 of the cluster network (spec.podCIDR): its CNI config and the other
+		// nodes' routes to its pods follow it. The server's own node has the first (PodSubnet),
+		// set before this starts (Node.ensurePodCIDR).
+		"--allocate-node-cidrs=true",
+		"--cluster-cidr="+c.ClusterCIDR,
+		"--node-cidr-mask-size=24",
 		"--configure-cloud-routes=false",
 	), extraArgs(c.ControllerArgs)...)
 }
@@ -116,17 +132,62 @@ func schedulerArgs(c *Config, l Layout) []string {
 }
 
 func kubeletArgs(c *Config, l Layout) []string {
-	return append([]string{
+	args := []string{
 		"--config=" + l.Agent("kubelet-config.yaml"),
 		"--kubeconfig=" + l.Agent("kubelet.kubeconfig"),
 		"--hostname-override=" + c.NodeName,
 		"--node-ip=" + c.NodeIP,
 		"--root-dir=" + kubeletRootDir,
-	}, extraArgs(c.KubeletArgs)...)
+	}
+	return append(append(args, nodeLabelsArg(c)...), extraArgs(c.KubeletArgs)...)
 }
 
-// kubeletConfig is the KubeletConfiguration (v1beta1) of the node.
+// agentKubeletArgs: an agent's kubelet joins with the bootstrap kubeconfig (join.go) and keeps
+// the kubeconfig it writes after its CSR at k3s's path.
+func agentKubeletArgs(c *Config, l Layout) []string {
+	args := []string{
+		"--config=" + l.Agent("kubelet-config.yaml"),
+		"--bootstrap-kubeconfig=" + l.Agent("bootstrap.kubeconfig"),
+		"--kubeconfig=" + l.Agent("kubelet.kubeconfig"),
+		"--cert-dir=" + l.KubeletCertDir(),
+		"--hostname-override=" + c.NodeName,
+		"--node-ip=" + c.NodeIP,
+		"--root-dir=" + kubeletRootDir,
+	}
+	return append(append(args, nodeLabelsArg(c)...), extraArgs(c.KubeletArgs)...)
+}
+
+// nodeLabelsArg: --node-labels from --node-label, sorted (Config.Labels refused the labels a
+// kubelet may not set on itself).
+func nodeLabelsArg(c *Config) []string {
+	labels, _ := c.Labels()
+	if len(labels) == 0 {
+		return nil
+	}
+	pairs := make([]string, 0, len(labels))
+	for key, value := range labels {
+		pairs = append(pairs, key+"="+value)
+	}
+	sort.Strings(pairs)
+	return []string{"--node-labels=" + strings.Join(pairs, ",")}
+}
+
+// kubeletConfig is the KubeletConfiguration (v1beta1) of the server's node: certificates made by
+// the node itself (credentials.go).
 func kubeletConfig(c *Config, l Layout) string {
+	return kubeletConfigWith(c, l.TLS("client-ca.crt"), fmt.Sprintf("tlsCertFile: %s\ntlsPrivateKeyFile: %s\n",
+		l.Agent("serving-kubelet.crt"), l.Agent("serving-kubelet.key")))
+}
+
+// agentKubeletConfig: an agent's kubelet gets its client certificate by CSR and renews it
+// (rotateCertificates), and its serving certificate by CSR too (serverTLSBootstrap: the server
+// approves it, csr.go); it checks the API server's client certificate with the server's client CA
+// (from airflow-k3s-agent-config).
+func agentKubeletConfig(c *Config, l Layout) string {
+	return kubeletConfigWith(c, l.Agent("client-ca.crt"), "rotateCertificates: true\nserverTLSBootstrap: true\n")
+}
+
+func kubeletConfigWith(c *Config, clientCA, tlsLines string) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 authentication:
@@ -144,9 +205,7 @@ clusterDNS:
 clusterDomain: %s
 containerRuntimeEndpoint: unix://%s
 resolvConf: %s
-tlsCertFile: %s
-tlsPrivateKeyFile: %s
-healthzBindAddress: 127.0.0.1
+%shealthzBindAddress: 127.0.0.1
 healthzPort: 10248
 readOnlyPort: 0
 failSwapOn: false
@@ -160,17 +219,42 @@ evictionMinimumReclaim:
   nodefs.available: 10%%
 imageGCHighThresholdPercent: 90
 imageGCLowThresholdPercent: 80
-`, l.TLS("client-ca.crt"), c.ClusterDNS, c.ClusterDomain, ContainerdSocket, c.ResolvConf,
-		l.Agent("serving-kubelet.crt"), l.Agent("serving-kubelet.key"))
+%s`, clientCA, c.ClusterDNS, c.ClusterDomain, ContainerdSocket, c.ResolvConf, tlsLines, registerWithTaints(c))
+}
+
+// registerWithTaints: --node-taint as the kubelet config's registerWithTaints (the kubelet
+// registers the node with them; the flag of the same name is deprecated).
+func registerWithTaints(c *Config) string {
+	taints, _ := c.Taints()
+	if len(taints) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("registerWithTaints:\n")
+	for _, t := range taints {
+		fmt.Fprintf(&b, "- key: %q\n  value: %q\n  effect: %s\n", t.Key, t.Value, t.Effect)
+	}
+	return b.String()
 }
 
 func kubeProxyArgs(c *Config, l Layout) []string {
 	return append([]string{"--config=" + l.Agent("kube-proxy-config.yaml")}, extraArgs(c.KubeProxyArgs)...)
 }
 
-// kubeProxyConfig: iptables mode like k3s. conntrack.maxPerCore 0 leaves the host's conntrack
-// table size alone (the node shares the host's kernel; kind does the same).
+// kubeProxyConfig: iptables mode like k3s, as kube-proxy's own user (the server's node).
+// conntrack.maxPerCore 0 leaves the host's conntrack table size alone (the node shares the host's
+// kernel; kind does the same).
 func kubeProxyConfig(c *Config, l Layout) string {
+	return kubeProxyConfigWith(c, l.Agent("kubeproxy.kubeconfig"))
+}
+
+// agentKubeProxyConfig: an agent's kube-proxy uses the node's own credential (the kubelet's
+// kubeconfig; nodes are bound to system:node-proxier, join.go), as k3s agents do.
+func agentKubeProxyConfig(c *Config, l Layout) string {
+	return kubeProxyConfigWith(c, l.Agent("kubelet.kubeconfig"))
+}
+
+func kubeProxyConfigWith(c *Config, kubeconfig string) string {
 	return fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection:
@@ -183,5 +267,5 @@ healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
 conntrack:
   maxPerCore: 0
-`, l.Agent("kubeproxy.kubeconfig"), c.NodeName, c.ClusterCIDR)
+`, kubeconfig, c.NodeName, c.ClusterCIDR)
 }

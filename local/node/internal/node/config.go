@@ -1,7 +1,9 @@
 package node
 
-// The node's configuration: the k3s server flags it implements, read like k3s reads them (config
-// file, then config.yaml.d drop-ins in name order, then the command line; list flags add up).
+// The node's configuration: the k3s server and agent flags it implements, read like k3s reads them
+// (config file, then config.yaml.d drop-ins in name order, then the command line; list flags add
+// up). A key of a config file that only the server knows is ignored by an agent, as k3s does (one
+// config.yaml.d serves both); a key neither knows is refused.
 
 import (
 	"errors"
@@ -9,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,8 +21,15 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// Config is everything `k3s server` can be told.
+// Roles: what a Config configures.
+const (
+	RoleServer = "server"
+	RoleAgent  = "agent"
+)
+
+// Config is everything `k3s server` or `k3s agent` can be told.
 type Config struct {
+	Role             string
 	DataDir          string
 	NodeName         string
 	NodeIP           string
@@ -48,6 +58,18 @@ type Config struct {
 	SchedulerArgs       []string
 	KubeProxyArgs       []string
 	EtcdArgs            []string
+	// NodeLabels ("key=value") and NodeTaints ("key[=value]:Effect") the kubelet registers the
+	// node with (k3s's --node-label and --node-taint).
+	NodeLabels []string
+	NodeTaints []string
+	// ServerURL: the API server an agent joins (k3s's --server, $K3S_URL).
+	ServerURL string
+	// Token: the shared secret of the server and its agents (k3s's --token, $K3S_TOKEN, or the
+	// content of --token-file): both derive the bootstrap token from it (join.go).
+	Token     string
+	TokenFile string
+	// IgnoredKeys: config-file keys of the other role, ignored (logged at start).
+	IgnoredKeys []string
 }
 
 // Addons the node deploys itself, which --disable can switch off. The other names k3s knows are
@@ -65,22 +87,31 @@ func (l listFlag) Set(value string) error {
 	return nil
 }
 
-func (c *Config) flagSet(output io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("k3s server", flag.ContinueOnError)
+// flagSet: the flags of role; for an agent, also the server's own flags on a second set (bound to
+// c, so that c gets their defaults: the agent replaces them with the server's values when it
+// joins), which tells which config-file keys to ignore.
+func (c *Config) flagSet(role string, output io.Writer) (fs, serverOnly *flag.FlagSet) {
+	fs = flag.NewFlagSet("k3s "+role, flag.ContinueOnError)
 	fs.SetOutput(output)
+	c.Role = role
+	c.commonFlags(fs)
+	switch role {
+	case RoleServer:
+		c.serverFlags(fs)
+	case RoleAgent:
+		fs.StringVar(&c.ServerURL, "server", "", "the server to join, https://host:port ($K3S_URL)")
+		serverOnly = flag.NewFlagSet("k3s server", flag.ContinueOnError)
+		c.serverFlags(serverOnly)
+	}
+	return fs, serverOnly
+}
+
+// commonFlags: the flags of both roles (k3s's names).
+func (c *Config) commonFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DataDir, "data-dir", "/var/lib/rancher/k3s", "data directory")
 	fs.StringVar(&c.NodeName, "node-name", "", "node name (default: $K3S_NODE_NAME, else the hostname)")
 	fs.StringVar(&c.NodeIP, "node-ip", "", "node IPv4 address (default: the default route's interface)")
-	fs.Var(listFlag{&c.TLSSANs}, "tls-san", "extra name or IP in the API server's certificate")
-	fs.Var(listFlag{&c.Disable}, "disable", "do not deploy this packaged component")
 	fs.StringVar(&c.ResolvConf, "resolv-conf", "", "resolv.conf for the kubelet (pods with dnsPolicy Default, CoreDNS upstream)")
-	fs.StringVar(&c.KubeconfigOutput, "write-kubeconfig", "", "write the admin kubeconfig here too")
-	fs.StringVar(&c.KubeconfigMode, "write-kubeconfig-mode", "", "file mode of that kubeconfig (octal)")
-	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", "10.42.0.0/16", "pod network")
-	fs.StringVar(&c.ServiceCIDR, "service-cidr", "10.43.0.0/16", "service network")
-	fs.StringVar(&c.ClusterDNS, "cluster-dns", "10.43.0.10", "CoreDNS service IP")
-	fs.StringVar(&c.ClusterDomain, "cluster-domain", "cluster.local", "cluster domain")
-	fs.IntVar(&c.HTTPSPort, "https-listen-port", 6443, "API server port")
 	fs.StringVar(&c.PauseImage, "pause-image", defaultPauseImage, "pod sandbox image")
 	fs.StringVar(&c.RegistriesFile, "private-registry", "/etc/rancher/k3s/registries.yaml", "registry mirrors")
 	fs.BoolVar(&c.DisableDefaultRegistryEndpoint, "disable-default-registry-endpoint", false,
@@ -88,18 +119,37 @@ func (c *Config) flagSet(output io.Writer) *flag.FlagSet {
 	fs.BoolVar(&c.RestrictOOMScoreAdj, "restrict-oom-score-adj", false,
 		"containerd never lowers a container's oom_score_adj below its own")
 	fs.Var(listFlag{&c.KubeletArgs}, "kubelet-arg", "extra kubelet flag (name=value)")
+	fs.Var(listFlag{&c.KubeProxyArgs}, "kube-proxy-arg", "extra kube-proxy flag")
+	fs.Var(listFlag{&c.NodeLabels}, "node-label", "label the node registers with (key=value; repeatable)")
+	fs.Var(listFlag{&c.NodeTaints}, "node-taint", "taint the node registers with (key=value:Effect; repeatable)")
+	fs.StringVar(&c.Token, "token", "", "shared secret agents join with ($K3S_TOKEN)")
+	fs.StringVar(&c.TokenFile, "token-file", "", "file holding the token ($K3S_TOKEN_FILE)")
+}
+
+// serverFlags: the flags only a server has.
+func (c *Config) serverFlags(fs *flag.FlagSet) {
+	fs.Var(listFlag{&c.TLSSANs}, "tls-san", "extra name or IP in the API server's certificate")
+	fs.Var(listFlag{&c.Disable}, "disable", "do not deploy this packaged component")
+	fs.StringVar(&c.KubeconfigOutput, "write-kubeconfig", "", "write the admin kubeconfig here too")
+	fs.StringVar(&c.KubeconfigMode, "write-kubeconfig-mode", "", "file mode of that kubeconfig (octal)")
+	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", "10.42.0.0/16", "pod network")
+	fs.StringVar(&c.ServiceCIDR, "service-cidr", "10.43.0.0/16", "service network")
+	fs.StringVar(&c.ClusterDNS, "cluster-dns", "10.43.0.10", "CoreDNS service IP")
+	fs.StringVar(&c.ClusterDomain, "cluster-domain", "cluster.local", "cluster domain")
+	fs.IntVar(&c.HTTPSPort, "https-listen-port", 6443, "API server port")
 	fs.Var(listFlag{&c.APIServerArgs}, "kube-apiserver-arg", "extra kube-apiserver flag")
 	fs.Var(listFlag{&c.ControllerArgs}, "kube-controller-manager-arg", "extra kube-controller-manager flag")
 	fs.Var(listFlag{&c.SchedulerArgs}, "kube-scheduler-arg", "extra kube-scheduler flag")
-	fs.Var(listFlag{&c.KubeProxyArgs}, "kube-proxy-arg", "extra kube-proxy flag")
 	fs.Var(listFlag{&c.EtcdArgs}, "etcd-arg", "extra etcd flag")
-	return fs
 }
 
 // k3s's short flag names and environment variables, for the flags that have them.
 var (
-	flagAliases = map[string]string{"o": "write-kubeconfig"}
+	flagAliases = map[string]string{"o": "write-kubeconfig", "s": "server", "t": "token", "d": "data-dir", "i": "node-ip"}
 	flagEnv     = map[string]string{
+		"server":                "K3S_URL",
+		"token":                 "K3S_TOKEN",
+		"token-file":            "K3S_TOKEN_FILE",
 		"node-name":             "K3S_NODE_NAME",
 		"node-ip":               "K3S_NODE_IP",
 		"resolv-conf":           "K3S_RESOLV_CONF",
@@ -109,12 +159,24 @@ var (
 	}
 )
 
-// LoadConfig reads the environment, the config file and its drop-ins, then args.
+// LoadConfig reads the environment, the config file and its drop-ins, then args: `k3s server`'s.
 func LoadConfig(args []string, getenv func(string) string, configFile string) (*Config, error) {
+	return loadConfig(RoleServer, args, getenv, configFile)
+}
+
+// LoadAgentConfig is LoadConfig for `k3s agent`.
+func LoadAgentConfig(args []string, getenv func(string) string, configFile string) (*Config, error) {
+	return loadConfig(RoleAgent, args, getenv, configFile)
+}
+
+func loadConfig(role string, args []string, getenv func(string) string, configFile string) (*Config, error) {
 	cfg := &Config{}
 	var usage strings.Builder
-	fs := cfg.flagSet(&usage)
+	fs, serverOnly := cfg.flagSet(role, &usage)
 	for name, env := range flagEnv {
+		if fs.Lookup(name) == nil {
+			continue
+		}
 		if value := getenv(env); value != "" {
 			if err := fs.Set(name, value); err != nil {
 				return nil, fmt.Errorf("$%s: %w", env, err)
@@ -126,9 +188,11 @@ func LoadConfig(args []string, getenv func(string) string, configFile string) (*
 		return nil, err
 	}
 	for _, file := range files {
-		if err := applyConfigFile(fs, file); err != nil {
+		ignored, err := applyConfigFile(fs, serverOnly, file)
+		if err != nil {
 			return nil, err
 		}
+		cfg.IgnoredKeys = append(cfg.IgnoredKeys, ignored...)
 	}
 	for i, arg := range args {
 		if short, ok := strings.CutPrefix(arg, "-"); ok && !strings.HasPrefix(short, "-") {
@@ -145,7 +209,7 @@ func LoadConfig(args []string, getenv func(string) string, configFile string) (*
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, errors.New(strings.TrimSpace(usage.String()))
 		}
-		return nil, fmt.Errorf("%v (this node implements the k3s flags listed by `k3s server --help`)", err)
+		return nil, fmt.Errorf("%v (this node implements the k3s flags listed by `k3s %s --help`)", err, role)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
@@ -168,25 +232,31 @@ func configFiles(configFile string) ([]string, error) {
 }
 
 // applyConfigFile sets flags from one YAML file: keys are flag names (a trailing "+" means the
-// same, list values add up anyway), values are strings, numbers, booleans or lists of them.
-func applyConfigFile(fs *flag.FlagSet, path string) error {
+// same, list values add up anyway), values are strings, numbers, booleans or lists of them. Keys
+// of ignore (the server's flags, for an agent) are skipped and returned.
+func applyConfigFile(fs, ignore *flag.FlagSet, path string) ([]string, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var doc map[string]any
 	if err := yaml.Unmarshal(raw, &doc); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	keys := make([]string, 0, len(doc))
 	for key := range doc {
 		keys = append(keys, key)
 	}
 	sort.Strings(keys)
+	var ignored []string
 	for _, key := range keys {
 		name := strings.TrimSuffix(key, "+")
+		if fs.Lookup(name) == nil && ignore != nil && ignore.Lookup(name) != nil {
+			ignored = append(ignored, path+": "+key)
+			continue
+		}
 		if fs.Lookup(name) == nil {
-			return fmt.Errorf("%s: unknown key %q (this node implements the k3s flags listed by `k3s server --help`)", path, key)
+			return nil, fmt.Errorf("%s: unknown key %q (this node implements the k3s flags listed by `%s --help`)", path, key, fs.Name())
 		}
 		values := []any{doc[key]}
 		if list, ok := doc[key].([]any); ok {
@@ -198,11 +268,11 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 				text = strconv.FormatBool(b)
 			}
 			if err := fs.Set(name, text); err != nil {
-				return fmt.Errorf("%s: %s: %w", path, key, err)
+				return nil, fmt.Errorf("%s: %s: %w", path, key, err)
 			}
 		}
 	}
-	return nil
+	return ignored, nil
 }
 
 func (c *Config) validate() error {
@@ -239,7 +309,130 @@ func (c *Config) validate() error {
 			return fmt.Errorf("--write-kubeconfig-mode=%s is not an octal file mode", c.KubeconfigMode)
 		}
 	}
+	if _, err := c.Labels(); err != nil {
+		return err
+	}
+	if _, err := c.Taints(); err != nil {
+		return err
+	}
+	if err := c.readToken(); err != nil {
+		return err
+	}
+	if c.Role == RoleAgent {
+		return c.validateAgent()
+	}
 	return nil
+}
+
+// readToken: --token-file's content when --token is not given (k3s's order).
+func (c *Config) readToken() error {
+	if c.Token != "" || c.TokenFile == "" {
+		return nil
+	}
+	raw, err := os.ReadFile(c.TokenFile)
+	if err != nil {
+		return fmt.Errorf("--token-file: %w", err)
+	}
+	c.Token = strings.TrimSpace(string(raw))
+	if c.Token == "" {
+		return fmt.Errorf("--token-file=%s is empty", c.TokenFile)
+	}
+	return nil
+}
+
+func (c *Config) validateAgent() error {
+	if c.ServerURL == "" {
+		return errors.New("an agent needs the server to join: --server or $K3S_URL (https://k3s:6443)")
+	}
+	u, err := url.Parse(c.ServerURL)
+	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return fmt.Errorf("--server=%s: want https://host:port", c.ServerURL)
+	}
+	c.ServerURL = "https://" + u.Host
+	if c.Token == "" {
+		return errors.New("an agent needs the server's token: --token, --token-file or $K3S_TOKEN (the server's K3S_TOKEN)")
+	}
+	return nil
+}
+
+// Labels parses --node-label. A kubelet may give its own node only some labels in the
+// kubernetes.io and k8s.io namespaces (the NodeRestriction admission plugin refuses the rest, and
+// the kubelet refuses to start with them): those are refused here, with the rule, before anything
+// starts. Labels of other prefixes (airflow-k3s/pool, example.com/x) and without one are fine.
+func (c *Config) Labels() (map[string]string, error) {
+	labels := map[string]string{}
+	for _, entry := range c.NodeLabels {
+		key, value, ok := strings.Cut(entry, "=")
+		if !ok || key == "" {
+			return nil, fmt.Errorf("--node-label=%s: want key=value", entry)
+		}
+		if err := checkLabelKey(key); err != nil {
+			return nil, fmt.Errorf("--node-label=%s: %w", entry, err)
+		}
+		if len(value) > 63 || strings.ContainsAny(value, " ,/:=") {
+			return nil, fmt.Errorf("--node-label=%s: a label value is at most 63 characters of [A-Za-z0-9_.-]", entry)
+		}
+		labels[key] = value
+	}
+	return labels, nil
+}
+
+// kubeletLabels: the labels of the kubernetes.io namespace a kubelet may set on its node, by key
+// or by prefix (k8s.io/kubelet's IsKubeletLabel, Kubernetes 1.36).
+var (
+	kubeletLabels = []string{"kubernetes.io/hostname", "topology.kubernetes.io/zone", "topology.kubernetes.io/region",
+		"failure-domain.beta.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/region",
+		"beta.kubernetes.io/instance-type", "node.kubernetes.io/instance-type", "kubernetes.io/os",
+		"kubernetes.io/arch", "beta.kubernetes.io/os", "beta.kubernetes.io/arch"}
+	kubeletLabelNamespaces = []string{"kubelet.kubernetes.io", "node.kubernetes.io"}
+)
+
+func checkLabelKey(key string) error {
+	prefix, name, hasPrefix := strings.Cut(key, "/")
+	if !hasPrefix {
+		prefix, name = "", key
+	}
+	if name == "" || len(name) > 63 || strings.ContainsAny(name, " ,/:=") || len(prefix) > 253 || strings.ContainsAny(prefix, " ,:=") {
+		return errors.New("not a label key ([prefix/]name, name at most 63 characters)")
+	}
+	kubernetes := func(ns string) bool {
+		return ns == "kubernetes.io" || strings.HasSuffix(ns, ".kubernetes.io") || ns == "k8s.io" || strings.HasSuffix(ns, ".k8s.io")
+	}
+	if !kubernetes(prefix) || contains(kubeletLabels, key) {
+		return nil
+	}
+	for _, ns := range kubeletLabelNamespaces {
+		if prefix == ns || strings.HasSuffix(prefix, "."+ns) {
+			return nil
+		}
+	}
+	return fmt.Errorf("a kubelet may not set this label on its own node (NodeRestriction): in the kubernetes.io and k8s.io namespaces only %s and the prefixes %s are allowed; use a prefix of your own (airflow-k3s/pool=...)",
+		strings.Join(kubeletLabels, ", "), strings.Join(kubeletLabelNamespaces, ", "))
+}
+
+// Taint is one --node-taint.
+type Taint struct{ Key, Value, Effect string }
+
+// Taints parses --node-taint: key=value:Effect or key:Effect.
+func (c *Config) Taints() ([]Taint, error) {
+	var taints []Taint
+	for _, entry := range c.NodeTaints {
+		kv, effect, ok := strings.Cut(entry, ":")
+		key, value, _ := strings.Cut(kv, "=")
+		if !ok || key == "" {
+			return nil, fmt.Errorf("--node-taint=%s: want key=value:Effect", entry)
+		}
+		if err := checkLabelKey(key); err != nil && !strings.Contains(err.Error(), "NodeRestriction") {
+			return nil, fmt.Errorf("--node-taint=%s: %w", entry, err)
+		}
+		switch effect {
+		case "NoSchedule", "PreferNoSchedule", "NoExecute":
+		default:
+			return nil, fmt.Errorf("--node-taint=%s: the effect is NoSchedule, PreferNoSchedule or NoExecute", entry)
+		}
+		taints = append(taints, Taint{Key: key, Value: value, Effect: effect})
+	}
+	return taints, nil
 }
 
 // Disabled reports whether --disable named this component.

@@ -121,10 +121,12 @@ func (r *Registries) HostsFiles(disableDefault bool) (map[string]string, error) 
 	return files, nil
 }
 
-// cniConfig is the pod network of the single node: a bridge with host-local addresses from the
-// node's pod subnet, masquerading traffic that leaves it, and hostPort support (portmap).
-// k3s uses flannel over the same kind of bridge; one node needs no overlay.
-func cniConfig(c *Config) string {
+// cniConfig is the pod network of a node: a bridge with host-local addresses from the node's pod
+// subnet, and hostPort support (portmap). k3s uses flannel over the same kind of bridge; nodes
+// that are containers on one Docker network need no overlay, only routes (routes.go). ipMasq is
+// off: the node masquerades what leaves the cluster's pod network itself (routes.go), so that
+// traffic between pods of different nodes keeps its pod addresses.
+func cniConfig(podCIDR string) string {
 	return fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "airflow-k3s",
@@ -133,7 +135,7 @@ func cniConfig(c *Config) string {
       "type": "bridge",
       "bridge": "cni0",
       "isGateway": true,
-      "ipMasq": true,
+      "ipMasq": false,
       "hairpinMode": true,
       "ipam": {
         "type": "host-local",
@@ -144,5 +146,5 @@ func cniConfig(c *Config) string {
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }
-`, c.PodSubnet())
+`, podCIDR)
 }

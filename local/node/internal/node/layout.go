@@ -29,18 +29,22 @@ func (l Layout) path(parts ...string) string {
 	return filepath.Join(append([]string{l.DataDir}, parts...)...)
 }
 
-func (l Layout) TLS(name string) string     { return l.path("server", "tls", name) }
-func (l Layout) Cred(name string) string    { return l.path("server", "cred", name) }
-func (l Layout) Agent(name string) string   { return l.path("agent", name) }
-func (l Layout) Manifests() string          { return l.path("server", "manifests") }
-func (l Layout) Etcd(name string) string    { return l.path("server", "tls", "etcd", name) }
-func (l Layout) EtcdDir() string            { return l.path("server", "db", "etcd") }
-func (l Layout) ContainerdRoot() string     { return l.path("agent", "containerd") }
-func (l Layout) ContainerdConfig() string   { return l.path("agent", "etc", "containerd", "config.toml") }
-func (l Layout) ContainerdHostsDir() string { return l.path("agent", "etc", "containerd", "certs.d") }
-func (l Layout) CNIConfDir() string         { return l.path("agent", "etc", "cni", "net.d") }
-func (l Layout) ImagesDir() string          { return l.path("agent", "images") }
-func (l Layout) Logs(name string) string    { return l.path("agent", "logs", name) }
+func (l Layout) TLS(name string) string       { return l.path("server", "tls", name) }
+func (l Layout) Cred(name string) string      { return l.path("server", "cred", name) }
+func (l Layout) Agent(name string) string     { return l.path("agent", name) }
+func (l Layout) Manifests() string            { return l.path("server", "manifests") }
+func (l Layout) Etcd(name string) string      { return l.path("server", "tls", "etcd", name) }
+func (l Layout) EtcdDir() string              { return l.path("server", "db", "etcd") }
+func (l Layout) ContainerdRoot() string       { return l.path("agent", "containerd") }
+func (l Layout) ContainerdConfig() string     { return l.path("agent", "etc", "containerd", "config.toml") }
+func (l Layout) ContainerdHostsDir() string   { return l.path("agent", "etc", "containerd", "certs.d") }
+func (l Layout) CNIConfDir() string           { return l.path("agent", "etc", "cni", "net.d") }
+func (l Layout) ImagesDir() string            { return l.path("agent", "images") }
+func (l Layout) Logs(name string) string      { return l.path("agent", "logs", name) }
+func (l Layout) ServerEtc(name string) string { return l.path("server", "etc", name) }
+
+// KubeletCertDir: an agent's kubelet keeps its certificates here (got by CSR, rotated by itself).
+func (l Layout) KubeletCertDir() string { return l.path("agent", "pki") }
 
 // Kubeconfig is one user's kubeconfig for the API server at server.
 type Kubeconfig struct {
@@ -50,26 +54,23 @@ type Kubeconfig struct {
 	KeyFile  string
 	CertPEM  []byte // inline instead of CertFile/KeyFile when set
 	KeyPEM   []byte
+	Token    string // a bearer token instead of a certificate when set
 }
 
 // Render writes the kubeconfig YAML (one cluster, user and context, all named "default" as in
 // k3s's k3s.yaml).
 func (k Kubeconfig) Render() []byte {
 	var user string
-	if k.CertPEM != nil {
+	if k.Token != "" {
+		user = fmt.Sprintf("    token: %s\n", k.Token)
+	} else if k.CertPEM != nil {
 		user = fmt.Sprintf("    client-certificate-data: %s\n    client-key-data: %s\n",
 			base64.StdEncoding.EncodeToString(k.CertPEM), base64.StdEncoding.EncodeToString(k.KeyPEM))
 	} else {
 		user = fmt.Sprintf("    client-certificate: %s\n    client-key: %s\n", k.CertFile, k.KeyFile)
 	}
 	return []byte(strings.Join([]string{
-		"apiVersion: v1",
-		"kind: Config",
-		"clusters:",
-		"- name: default",
-		"  cluster:",
-		"    certificate-authority-data: " + base64.StdEncoding.EncodeToString(k.CAPEM),
-		"    server: " + k.Server,
+		strings.TrimSuffix(string(k.RenderCluster()), "\nusers: []\n"),
 		"contexts:",
 		"- name: default",
 		"  context:",
@@ -81,6 +82,20 @@ func (k Kubeconfig) Render() []byte {
 		"- name: default",
 		"  user:",
 	}, "\n") + "\n" + user)
+}
+
+// RenderCluster: the kubeconfig of the cluster alone, no user (kube-public/cluster-info's).
+func (k Kubeconfig) RenderCluster() []byte {
+	return []byte(strings.Join([]string{
+		"apiVersion: v1",
+		"kind: Config",
+		"clusters:",
+		"- name: default",
+		"  cluster:",
+		"    certificate-authority-data: " + base64.StdEncoding.EncodeToString(k.CAPEM),
+		"    server: " + k.Server,
+		"users: []",
+	}, "\n") + "\n")
 }
 
 // Users of the cluster and their certificates: file base name under server/tls or agent, CN, groups.

@@ -224,7 +224,7 @@ func TestComponentFlagsTheNodeRelieson(t *testing.T) {
 	if !strings.Contains(containerdConfig(cfg, l), "restrict_oom_score_adj = true") {
 		t.Error("restrict_oom_score_adj must follow the flag")
 	}
-	if !strings.Contains(cniConfig(cfg), `"subnet": "10.42.0.0/24"`) {
+	if !strings.Contains(cniConfig(cfg.PodSubnet()), `"subnet": "10.42.0.0/24"`) {
 		t.Error("the CNI subnet is the node's pod subnet")
 	}
 }

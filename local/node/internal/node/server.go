@@ -5,10 +5,13 @@ package node
 //  1. configuration (flags, config.yaml, config.yaml.d) and the node's name and IP
 //  2. certificates and kubeconfigs (kept across restarts, see pki.go)
 //  3. containerd (config, registry mirrors, CNI network), then the images the node needs
-//  4. etcd, kube-apiserver; then the node's own manifests (RBAC, CoreDNS)
-//  5. kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+//  4. etcd, kube-apiserver; then the node's own manifests (RBAC, CoreDNS, what agents join with:
+//     join.go)
+//  5. kube-scheduler, kubelet, kube-proxy; once the node has registered, its pod subnet set (the
+//     first /24), then kube-controller-manager, which gives the other nodes theirs
 //  6. the admin kubeconfig written where --write-kubeconfig says; the manifests folder applied
-//     and kept applied
+//     and kept applied; the routes to other nodes' pods kept (routes.go); kubelet serving
+//     certificates of agents approved (csr.go)
 //
 // Every component is its own process (this same binary under another name), so each keeps its own
 // flags, logs and global state, as the upstream binaries would. If one of them exits, the node
@@ -60,6 +63,11 @@ func ServerMain(args []string) int {
 	return 0
 }
 
+// Run is `k3s server` once its configuration is read.
+func (n *Node) Run() error {
+	return n.run(n.startUp, n.serverLoops)
+}
+
 // Node is one running node.
 type Node struct {
 	cfg   *Config
@@ -73,12 +81,20 @@ type Node struct {
 	etcdTLS *tls.Config
 	// specs: how each supervised component was started, to start it again.
 	specs map[string]func() (*Proc, error)
+	// broken: a loop that finds the node cannot work any more says why here; the node stops
+	// with that error, and the container's restart policy starts it again.
+	broken chan error
 }
 
-func (n *Node) Run() error {
+// run starts the node with startUp, then runs loops and supervises the components until SIGTERM
+// (exit 0) or until a component keeps failing (an error).
+func (n *Node) run(startUp func(context.Context) error, loops func(context.Context)) error {
 	c := n.cfg
-	log.Printf("node %s, IP %s, Kubernetes %s (upstream components, airflow-k3s local node %s)",
-		c.NodeName, c.NodeIP, KubernetesVersion, NodeVersion)
+	log.Printf("%s %s, IP %s, Kubernetes %s (upstream components, airflow-k3s local node %s)",
+		c.Role, c.NodeName, c.NodeIP, KubernetesVersion, NodeVersion)
+	for _, key := range c.IgnoredKeys {
+		log.Printf("config: %s is a server setting: ignored by an agent (as k3s does)", key)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -104,17 +120,15 @@ func (n *Node) Run() error {
 		cancel()
 	}()
 
-	if err := n.startUp(ctx); err != nil {
+	n.broken = make(chan error, 1)
+	if err := startUp(ctx); err != nil {
 		if stopped.Load() {
 			n.shutdown()
 			return nil
 		}
 		return n.fail(err)
 	}
-	applier := &Applier{Dir: n.l.Manifests(), Kubectl: n.kubectl}
-	go applier.Loop(ctx, 5*time.Second)
-	go n.labelNode(ctx)
-	step("running; the manifests folder " + n.l.Manifests() + " is kept applied")
+	loops(ctx)
 	err = n.keep(ctx, NewRestartPolicy())
 	n.shutdown()
 	if stopped.Load() {
@@ -124,12 +138,31 @@ func (n *Node) Run() error {
 	return err
 }
 
+// serverLoops: what the server keeps doing while it runs.
+func (n *Node) serverLoops(ctx context.Context) {
+	api := n.localAPI()
+	applier := &Applier{Dir: n.l.Manifests(), Kubectl: n.kubectl}
+	go applier.Loop(ctx, 5*time.Second)
+	go n.labelNode(ctx)
+	go n.routeLoop(ctx, api, 5*time.Second)
+	go n.approveServingCSRs(ctx, api, 3*time.Second)
+	step("running; the manifests folder " + n.l.Manifests() + " is kept applied, routes to other nodes' pods kept, their kubelet serving CSRs checked")
+}
+
+// localAPI: the API server on loopback, as the admin.
+func (n *Node) localAPI() *apiClient {
+	return newAPIClient(fmt.Sprintf("https://127.0.0.1:%d", n.cfg.HTTPSPort), n.tls, "")
+}
+
 // startUp starts every component in order, waiting where the next one needs the last.
 func (n *Node) startUp(ctx context.Context) error {
 	c := n.cfg
 	step("certificates and kubeconfigs")
 	if err := n.writePKI(); err != nil {
 		return fmt.Errorf("certificates: %w", err)
+	}
+	if err := writeFile(n.l.ServerEtc("authentication-config.yaml"), []byte(authenticationConfig()), 0o644); err != nil {
+		return err
 	}
 	step("configuration files of containerd, CNI, kubelet and kube-proxy")
 	if err := n.writeAgentConfig(); err != nil {
@@ -160,13 +193,16 @@ func (n *Node) startUp(ctx context.Context) error {
 	if err := n.writeAddons(); err != nil {
 		return err
 	}
+	n.revokeOldBootstrapTokens(ctx)
 
-	step("kube-controller-manager, kube-scheduler, kubelet and kube-proxy")
+	if err := n.setupMasquerade(ctx, c.PodSubnet()); err != nil {
+		return err
+	}
+	step("kube-scheduler, kubelet and kube-proxy")
 	for _, comp := range []struct {
 		name string
 		args []string
 	}{
-		{"kube-controller-manager", controllerManagerArgs(c, n.l)},
 		{"kube-scheduler", schedulerArgs(c, n.l)},
 		{"kubelet", kubeletArgs(c, n.l)},
 		{"kube-proxy", kubeProxyArgs(c, n.l)},
@@ -175,7 +211,45 @@ func (n *Node) startUp(ctx context.Context) error {
 			return err
 		}
 	}
+	step("the node's pod subnet " + c.PodSubnet() + ", then kube-controller-manager")
+	if err := n.ensurePodCIDR(ctx); err != nil {
+		return err
+	}
+	if _, err := n.start("kube-controller-manager", "kube-controller-manager", controllerManagerArgs(c, n.l)); err != nil {
+		return err
+	}
 	return n.writeKubeconfigOutput()
+}
+
+// ensurePodCIDR gives the server's node its pod subnet (the first /24, in its CNI config since
+// the start) once it has registered, before the controller-manager's node IPAM runs: that marks
+// it taken and gives every other node another. A node registered with another subnet (a cluster
+// made with another --cluster-cidr) cannot work with this CNI config: that stops the node.
+func (n *Node) ensurePodCIDR(ctx context.Context) error {
+	c, api := n.cfg, n.localAPI()
+	var node *apiNode
+	err := waitFor(ctx, 120*time.Second, "node "+c.NodeName+" to register", func(ctx context.Context) error {
+		var err error
+		node, err = api.node(ctx, c.NodeName)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	switch node.Spec.PodCIDR {
+	case c.PodSubnet():
+		return nil
+	case "":
+		patch := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`, c.PodSubnet(), c.PodSubnet())
+		if out, err := n.kubectl(ctx, "patch", "node", c.NodeName, "--type=merge", "-p", patch); err != nil {
+			return fmt.Errorf("setting node %s's pod CIDR: %v: %s", c.NodeName, err, oneLine(out))
+		}
+		log.Printf("node %s: pod CIDR %s", c.NodeName, c.PodSubnet())
+		return nil
+	default:
+		return fmt.Errorf("node %s has pod CIDR %s, but its CNI config uses %s (the first /24 of --cluster-cidr=%s): a node's pod CIDR cannot change; delete the node (kubectl delete node %s) or the cluster's data and start again",
+			c.NodeName, node.Spec.PodCIDR, c.PodSubnet(), c.ClusterCIDR, c.NodeName)
+	}
 }
 
 // keep supervises the components, each on its own, as kind's node does with systemd: one that
@@ -193,6 +267,8 @@ func (n *Node) keep(ctx context.Context, policy *RestartPolicy) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case err := <-n.broken:
+			return err
 		case p := <-exited:
 			delay, err := policy.Next(p.Name, time.Now())
 			if err != nil {
@@ -394,7 +470,15 @@ func (n *Node) apiReady(ctx context.Context) error {
 
 // writeAddons writes the node's own manifests (k3s writes its packaged ones the same way).
 func (n *Node) writeAddons() error {
-	addons := map[string]string{"rolebindings.yaml": nodeRBAC}
+	serverCA, err := os.ReadFile(n.l.TLS("server-ca.crt"))
+	if err != nil {
+		return err
+	}
+	clientCA, err := os.ReadFile(n.l.TLS("client-ca.crt"))
+	if err != nil {
+		return err
+	}
+	addons := map[string]string{"rolebindings.yaml": nodeRBAC, "node-join.yaml": joinManifests(n.cfg, serverCA, clientCA)}
 	if !n.cfg.Disabled("coredns") {
 		addons["coredns.yaml"] = corednsManifest(n.cfg, defaultCoreDNSImage)
 	} else {
@@ -405,7 +489,34 @@ func (n *Node) writeAddons() error {
 			return err
 		}
 	}
-	return nil
+	tokenFile := filepath.Join(n.l.Manifests(), "bootstrap-token.yaml")
+	if n.cfg.Token == "" {
+		log.Printf("no K3S_TOKEN (--token): agents cannot join this server")
+		if err := os.Remove(tokenFile); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+		return nil
+	}
+	id, secret := BootstrapToken(n.cfg.Token)
+	log.Printf("agents join with bootstrap token %s (derived from K3S_TOKEN)", id)
+	return writeFile(tokenFile, []byte(bootstrapTokenSecret(id, secret)), 0o600)
+}
+
+// revokeOldBootstrapTokens deletes the node's bootstrap tokens of an earlier K3S_TOKEN: only the
+// current one lets agents join (nodes that joined keep their certificates).
+func (n *Node) revokeOldBootstrapTokens(ctx context.Context) {
+	keep := "metadata.name!=bootstrap-token-"
+	if n.cfg.Token != "" {
+		id, _ := BootstrapToken(n.cfg.Token)
+		keep += id
+	}
+	out, err := n.kubectl(ctx, "-n", "kube-system", "delete", "secret", "-l", "airflow-k3s/bootstrap-token=true",
+		"--field-selector", keep, "--ignore-not-found")
+	if err != nil {
+		log.Printf("WARNING: cannot delete old bootstrap tokens: %v: %s", err, oneLine(out))
+	} else if len(out) > 0 {
+		log.Printf("old bootstrap tokens deleted: %s", oneLine(out))
+	}
 }
 
 // labelNode gives the node k3s's role label once it has registered.
