@@ -14,7 +14,7 @@ import json
 import re
 import time
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_k3s import shell
@@ -32,6 +32,9 @@ GIT_DAG_BUNDLE = "airflow.providers.git.bundles.git.GitDagBundle"
 #: published version would wait up to five minutes). A fetch of an unchanged local repository is
 #: one small request.
 REFRESH_SECONDS = 5
+#: How long publish waits for a changed file that held no DAG before to show one: a new DAG file
+#: is parsed within the dag-processor's refresh (10 s here); a helper module never shows one.
+NEW_FILE_GRACE = 30.0
 #: What a commit leaves out (Python's caches, editors' droppings).
 EXCLUDED = ("__pycache__/", "*.pyc", ".DS_Store", "*.swp")
 AUTHOR = ("-c", "user.name=airflow-k3s publish-dags", "-c", "user.email=publish-dags@airflow-k3s")
@@ -132,8 +135,11 @@ class ParseState:
     parsed: dict[str, list[str]]
     #: file -> 'line N: error', for every file of the bundle that fails to import now
     failed: dict[str, str]
-    #: changed DAG files not yet parsed at this version
+    #: changed files that held DAGs before, not yet parsed at this version
     waiting: list[str]
+    #: changed files that held no DAG before (new DAG files, or helper modules: they may never
+    #: hold one), not yet seen parsed: waited for NEW_FILE_GRACE seconds at most
+    new: list[str] = field(default_factory=list)
 
 
 def error_line(stack_trace: str, rel_path: str) -> str:
@@ -174,9 +180,15 @@ def parse_state(
         str(e["filename"]): error_line(str(e["stack_trace"]), str(e["filename"])) for e in ours
     }
     fresh = {str(e["filename"]) for e in ours if _unix(str(e.get("timestamp") or "")) >= since}
+    held = {str(d.get("relative_fileloc") or "") for d in dags if d.get("bundle_name") == BUNDLE}
     changed = list(files)
-    waiting = [f for f in changed if f not in parsed and f not in fresh]
-    return ParseState({f: ids for f, ids in parsed.items() if f in changed}, failed, waiting)
+    pending = [f for f in changed if f not in parsed and f not in fresh]
+    return ParseState(
+        {f: ids for f, ids in parsed.items() if f in changed},
+        failed,
+        [f for f in pending if f in held],
+        [f for f in pending if f not in held],
+    )
 
 
 def _unix(stamp: str) -> float:
@@ -240,10 +252,12 @@ def publish(stack: Stack, timeout: float) -> str:
         say(f"nothing changed in {cfg.dags_dir}: the version is still {now[:12]}")
     else:
         say(f"published {BUNDLE} version {now[:12]} ({REPO_URL})")
-    files = dag_files(cfg, changed_files(cfg, before if before != now else "", now))
+    files = dag_files(cfg, changed_files(cfg, before, now)) if now != before else []
     state = wait_parsed(stack, now, files, started, timeout)
     for rel, dag_ids in sorted(state.parsed.items()):
         say(f"{rel}: {', '.join(sorted(dag_ids))} at {now[:12]}")
+    for rel in state.new:
+        say(f"{rel}: no DAG in it after {NEW_FILE_GRACE:.0f} s (a helper module?)")
     if state.failed:
         lines = "; ".join(f"{rel}: {why}" for rel, why in sorted(state.failed.items()))
         raise UserError(
@@ -256,18 +270,22 @@ def publish(stack: Stack, timeout: float) -> str:
 def wait_parsed(
     stack: Stack, version: str, files: list[str], since: float, timeout: float
 ) -> ParseState:
-    """Poll the API until every changed DAG file is parsed at ``version`` or failed to import."""
+    """Poll the API until every changed DAG file is parsed at ``version`` or failed to import
+    (a file that held no DAG before: for NEW_FILE_GRACE seconds at most)."""
     api = stack.api()
     present = files_in(stack.cfg, version)
-    say(f"waiting for the dag-processor to parse {len(files)} changed DAG file(s)")
+    if files:
+        say(f"waiting for the dag-processor to parse {len(files)} changed DAG file(s)")
     state = ParseState({}, {}, files)
+    started = time.monotonic()
 
     def done() -> bool:
         nonlocal state
         dags = api.get_all("/api/v2/dags", "dags", exclude_stale=False)
         errors = api.import_errors()
         state = parse_state(version, files, dags, errors, since - 1, present)
-        return not state.waiting
+        grace_over = time.monotonic() - started > NEW_FILE_GRACE
+        return not state.waiting and (not state.new or grace_over)
 
     def late() -> UserError:
         return UserError(

@@ -130,7 +130,8 @@ def _check_label(where: str, key: str, value: str) -> None:
     if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value) or len(value) > 63:
         raise ValueError(f"{where}: {key}={value} is not a valid Kubernetes label")
     prefix = key.partition("/")[0] if "/" in key else ""
-    if prefix.endswith(("kubernetes.io", "k8s.io")):
+    allowed = prefix in ("node.kubernetes.io", "kubelet.kubernetes.io")
+    if prefix.endswith(("kubernetes.io", "k8s.io")) and not allowed:
         # NodeRestriction: a kubelet may not give itself labels under these prefixes (but a few).
         raise ValueError(
             f"{where}: label {key}: a node may not set labels under {prefix} on itself; use "
@@ -162,8 +163,9 @@ def agent_command(pool: Pool, node: str) -> list[str]:
     command = ["agent", f"--node-name={node}"]
     command += [f"--node-label={k}={v}" for k, v in pool.node_labels().items()]
     command += [f"--node-taint={t}" for t in pool.taints]
-    # As the server: every worker pod pulls its image (see docker-compose.yml).
-    return [*command, "--kubelet-arg=registry-qps=0"]
+    # As the server (docker-compose.yml): every worker pod pulls its image, from the registry's
+    # mirror only.
+    return [*command, "--kubelet-arg=registry-qps=0", "--disable-default-registry-endpoint"]
 
 
 def render(pools: list[Pool], server: Mapping[str, Any]) -> dict[str, Any]:

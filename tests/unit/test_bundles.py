@@ -134,29 +134,39 @@ def error(rel: str, stamp: str) -> dict[str, str]:
 
 def test_parse_state_waits_for_each_changed_file_at_the_new_version() -> None:
     since = 1_800_000_000.0  # 2027-01-15T08:00:00Z
-    dags = [dag("a", "a.py", "v2"), dag("a2", "a.py", "v2"), dag("b", "b.py", "v1")]
+    dags = [
+        dag("a", "a.py", "v2"),
+        dag("a2", "a.py", "v2"),
+        dag("b", "b.py", "v1"),
+        dag("broken", "sub/broken.py", "v1"),  # it held a DAG at v1 (stale now, still listed)
+    ]
     present = {"a.py", "b.py", "sub/broken.py"}
     state = bundles.parse_state("v2", ["a.py", "b.py", "sub/broken.py"], dags, [], since, present)
     assert state.parsed == {"a.py": ["a", "a2"]}
     assert state.waiting == ["b.py", "sub/broken.py"]  # b.py still at v1
 
     old = error("sub/broken.py", "2027-01-15T07:59:00Z")
-    state = bundles.parse_state("v2", ["sub/broken.py"], [], [old], since, present)
+    state = bundles.parse_state("v2", ["sub/broken.py"], dags, [old], since, present)
     assert state.waiting == ["sub/broken.py"]  # an error from before the publish
     assert state.failed == {
         "sub/broken.py": "line 7: NameError: name 'missing_name' is not defined"
     }
 
     new = error("sub/broken.py", "2027-01-15T08:00:03.5+00:00")
-    state = bundles.parse_state("v2", ["sub/broken.py"], [], [new], since, present)
+    state = bundles.parse_state("v2", ["sub/broken.py"], dags, [new], since, present)
     assert state.waiting == []
     assert list(state.failed) == ["sub/broken.py"]
     # A file deleted in the version: its error, still listed for a while, is not reported.
     assert bundles.parse_state("v2", [], [], [new], since, {"a.py"}).failed == {}
 
+    # A changed file that held no DAG before (a new DAG file, or a helper module) is "new":
+    # publish waits for it a short while only.
+    state = bundles.parse_state("v2", ["helper.py", "b.py"], dags, [], since, {"helper.py"})
+    assert (state.waiting, state.new) == (["b.py"], ["helper.py"])
+
     other_bundle = {**dag("c", "c.py", "v2"), "bundle_name": "dags-folder"}
     state = bundles.parse_state("v2", ["c.py"], [other_bundle], [], since, {"c.py"})
-    assert state.waiting == ["c.py"]
+    assert state.new == ["c.py"]  # no DAG of *this* bundle held it
 
 
 def test_might_hold_dags_is_airflows_safe_mode_test() -> None:

@@ -42,6 +42,10 @@ def test_the_example_file_has_an_untainted_pool_of_two_and_a_tainted_one() -> No
             "a node may not set labels under node-role.kubernetes.io on itself",
         ),
         ({"pools": [{"name": "a", "labels": {"airflow-k3s/pool": "b"}}]}, "set from the pool's"),
+        (
+            {"pools": [{"name": "a", "labels": {"k8s.io/x": "y"}}]},
+            "may not set labels under k8s.io",
+        ),
         ({"pools": [{"name": "a", "taints": ["gpu=yes"]}]}, "must be key=value:Effect"),
         ({"pools": [{"name": "a", "taints": ["gpu=yes:Sometimes"]}]}, "must be key=value:Effect"),
     ],
@@ -49,6 +53,11 @@ def test_the_example_file_has_an_untainted_pool_of_two_and_a_tainted_one() -> No
 def test_a_bad_pools_file_is_one_line_naming_the_pool(doc: Any, says: str) -> None:
     with pytest.raises(ValueError, match=re.escape(says)):
         pools.parse(doc)
+
+
+def test_the_labels_a_kubelet_may_set_on_itself_pass() -> None:
+    (pool,) = pools.parse({"pools": [{"name": "a", "labels": {"node.kubernetes.io/x": "y"}}]})
+    assert pool.labels == {"node.kubernetes.io/x": "y"}
 
 
 def test_the_file_is_checked_before_anything_starts(tmp_path: Path) -> None:
@@ -131,6 +140,7 @@ def test_each_agent_is_the_k3s_service_with_its_own_state_and_no_server_powers()
         "--node-label=example.com/accelerator=fake-gpu",
         "--node-taint=airflow-k3s/pool=gpu:NoSchedule",
         "--kubelet-arg=registry-qps=0",
+        "--disable-default-registry-endpoint",
     ]
     # Joins with the token from .env (not written into the file); no admin kubeconfig, no port.
     assert gpu["environment"] == {
