@@ -234,6 +234,14 @@ def stack_env(images: str, project: str, state_dir: Path) -> dict[str, str]:
     return env
 
 
+def to_terminal(request: pytest.FixtureRequest, text: str) -> None:
+    """Write to the terminal past pytest's capture: a figure a test measured shows in the CI log
+    whether the test passed or not."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        sys.stderr.write(text + "\n")
+
+
 @contextmanager
 def running_stack(request: pytest.FixtureRequest, images: str) -> Iterator[Stack]:
     """Bring a stack up with `invoke up`; on exit dump diagnostics if anything failed, tear down."""
@@ -246,9 +254,7 @@ def running_stack(request: pytest.FixtureRequest, images: str) -> Iterator[Stack
     # What `up` did (builds and their times, waits) goes to the terminal, past pytest's capture,
     # so that a CI log shows where a cold start spent its time.
     progress = [ln for ln in up.stderr.splitlines() if ln.startswith(("==> ", "    node build:"))]
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        sys.stderr.write("\n".join(["", f"`invoke up` of {project}:", *progress, ""]) + "\n")
+    to_terminal(request, "\n".join(["", f"`invoke up` of {project}:", *progress, ""]))
     try:
         if up.returncode != 0:
             pytest.fail(

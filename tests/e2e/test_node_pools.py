@@ -18,7 +18,7 @@ import pytest
 from airflow_k3s import pools
 from airflow_k3s.cluster import pod_selector
 from airflow_k3s.settings import ROOT
-from tests.harness import DEMO, DEMO_TASKS, Stack
+from tests.harness import DEMO, DEMO_TASKS, Stack, to_terminal
 
 pytestmark = pytest.mark.docker
 EXAMPLE = ROOT / "k3s" / "node-pools.example.yaml"
@@ -26,7 +26,9 @@ PLACED = "example_node_pools"
 SHARED = "shared_across_nodes"
 
 
-def test_a_task_no_node_can_take_is_named_at_once(stack: Stack) -> None:
+def test_a_task_no_node_can_take_is_named_at_once(
+    stack: Stack, request: pytest.FixtureRequest
+) -> None:
     """One node, no pools: on_gpu's pod is Pending for good; the follower says why at once."""
     follower = stack.start_invoke("trigger-dag", PLACED, "--wait", "--timeout", "90")
     lines: list[str] = []
@@ -42,7 +44,7 @@ def test_a_task_no_node_can_take_is_named_at_once(stack: Stack) -> None:
         follower.kill()
         follower.wait()
     said = next(line for line in lines if "on_gpu: no node can take pod" in line)
-    print(f"said after {took:.1f} s: {said.strip()}")
+    to_terminal(request, f"\nunschedulable, said after {took:.1f} s: {said.strip()}")
     assert "0/1 nodes are available" in said
     assert "(it asks for: nodeSelector airflow-k3s/pool=gpu; " in said
     assert "tolerates airflow-k3s/pool=gpu:NoSchedule)" in said
@@ -87,7 +89,7 @@ def test_every_pools_node_joined_with_its_labels_and_taints(pooled: Stack) -> No
     assert row[-1] == "gpu"  # the POOL column
 
 
-def test_each_task_lands_where_it_asked(pooled: Stack) -> None:
+def test_each_task_lands_where_it_asked(pooled: Stack, request: pytest.FixtureRequest) -> None:
     run_id = pooled.run_dag(PLACED, timeout=400)
     found = nodes(pooled)
     placed = {}
@@ -97,7 +99,7 @@ def test_each_task_lands_where_it_asked(pooled: Stack) -> None:
         placed[task_id] = node["metadata"]["name"]
         assert pooled.api().xcom(PLACED, run_id, task_id) == placed[task_id]  # the downward API
     pool_of = {name: n["metadata"]["labels"].get(pools.POOL_LABEL) for name, n in found.items()}
-    print(f"placed: {placed}")
+    to_terminal(request, f"\nexample_node_pools placed: {placed}")
     assert pool_of[placed["on_gpu"]] == "gpu"
     assert pool_of[placed["on_highmem"]] == "highmem"
     assert not taints(found[placed["anywhere"]])  # not the tainted gpu node
@@ -162,13 +164,13 @@ def test_the_shared_volume_is_the_same_on_every_node(pooled: Stack) -> None:
     assert pooled.api().xcom(SHARED, run_id, "s2") == order
 
 
-def test_the_demo_runs_on_the_pools(pooled: Stack) -> None:
+def test_the_demo_runs_on_the_pools(pooled: Stack, request: pytest.FixtureRequest) -> None:
     """The demo as it is (no placement asked): green, wherever the scheduler put its pods."""
     run_id = pooled.run_dag(DEMO, timeout=400)
     placed = {
         p["metadata"]["labels"]["task_id"]: p["spec"]["nodeName"]
         for p in pooled.pods(pod_selector(DEMO, run_id=run_id))
     }
-    print(f"demo placed: {placed}")
+    to_terminal(request, f"\ndemo placed: {placed}")
     assert set(placed) == DEMO_TASKS
     assert "agent-gpu-1" not in placed.values()  # tainted: the demo does not tolerate it

@@ -18,7 +18,7 @@ from airflow_k3s import pools
 from airflow_k3s.cluster import pod_selector
 from airflow_k3s.settings import ROOT
 from tests.faults.faultlib import variant, wait_for, wait_run
-from tests.harness import Stack
+from tests.harness import Stack, to_terminal
 
 pytestmark = pytest.mark.docker
 DAG = "faults_node_loss"
@@ -46,7 +46,7 @@ def started(pod: dict[str, Any]) -> float:
 
 
 def test_a_task_lost_with_its_node_is_retried_on_another_and_the_node_rejoins(
-    stack: Stack,
+    stack: Stack, request: pytest.FixtureRequest
 ) -> None:
     pooled = variant(stack, NODE_POOLS=str(EXAMPLE))
     up = pooled.invoke("up", "--no-build", timeout=900)
@@ -80,7 +80,11 @@ def test_a_task_lost_with_its_node_is_retried_on_another_and_the_node_rejoins(
         assert moved.startswith("agent-highmem-"), moved
         assert moved != lost
         recovery = started(retry) - killed_at
-        print(f"node {lost} lost; the retry's pod was made {recovery:.0f} s later, on {moved}")
+        to_terminal(
+            request,
+            f"\nnode loss: {lost} killed; the retry's pod was made {recovery:.0f} s later, on "
+            f"{moved}",
+        )
         assert 0 < recovery < RECOVERY_LIMIT, recovery
         assert stack.api().xcom(DAG, run_id, "hold") == "try 2"
 
