@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from airflow_k3s import shell
@@ -193,8 +194,6 @@ def parse_state(
 
 def _unix(stamp: str) -> float:
     """An API timestamp (ISO 8601) as Unix time; 0 when unreadable."""
-    from datetime import datetime
-
     try:
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
     except ValueError:

@@ -552,15 +552,22 @@ class Bench:
             assert self.stack.invoke("up", "--no-build", timeout=1800).returncode == 0
         self.report.node_pools = {
             "meta": {
-                "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-                "git_commit": self.report.meta.get("git_commit", "?"),
-                "command": "nox -s bench" + (f" -- --only {self.only}" if self.only else ""),
+                **self.section_meta(),
                 "pools_file": str(POOLS_FILE.relative_to(ROOT)),
                 "agents": idle["agents"],
                 "n": POOL_TASKS,
             },
             "idle": idle,
             "runs": [one, three],
+        }
+
+    def section_meta(self) -> dict[str, str]:
+        """When, at which commit and by which command a section was measured (a section can be
+        measured again alone, into an older report: `--only`)."""
+        return {
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+            "git_commit": str(self.report.meta.get("git_commit", "?")),
+            "command": "nox -s bench" + (f" -- --only {self.only}" if self.only else ""),
         }
 
     def pool_run(self, label: str) -> dict[str, Any]:
@@ -616,9 +623,7 @@ class Bench:
         self.ship()
         self.report.dag_sources = {
             "meta": {
-                "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-                "git_commit": self.report.meta.get("git_commit", "?"),
-                "command": "nox -s bench" + (f" -- --only {self.only}" if self.only else ""),
+                **self.section_meta(),
                 "runs": self.runs,
                 "n": SOURCE_TASKS,
                 "extra_mb": EXTRA_MB,
